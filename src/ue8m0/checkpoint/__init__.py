@@ -1,0 +1,1 @@
+"""Hugging Face safetensors checkpoints: reading, writing, converting, verifying."""

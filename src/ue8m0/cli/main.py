@@ -1,0 +1,77 @@
+"""Entry point of the ``ue8m0`` command: wiring only.
+
+Each subcommand lives in its own module of this package and is imported only when it is run
+(``COMMANDS`` below), so ``ue8m0 --help`` and short commands start fast. Errors are turned into a
+one-line message and an exit code by :mod:`ue8m0.cli.errors`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+from ue8m0.cli.errors import exit_code_for, format_error
+
+#: subcommand name -> "module:attribute" of a click command, imported lazily
+COMMANDS: dict[str, str] = {
+    "demo": "ue8m0.cli.demo:demo",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose commands are imported only when they are needed."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        command = getattr(importlib.import_module(module_name), attr)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ue8m0")
+def cli() -> None:
+    """FP8 with power-of-two (UE8M0) block scales, on any CPU.
+
+    \b
+    Examples:
+      ue8m0 demo                         # quantize the bundled MiniLM under every scale rule
+      ue8m0 COMMAND --help               # options and examples of one command
+
+    Set UE8M0_DEBUG=1 to see full tracebacks.
+    """
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; known errors become one line on stderr and a non-zero exit."""
+    try:
+        cli.main(args=argv, prog_name="ue8m0", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        if os.environ.get("UE8M0_DEBUG"):
+            raise
+        message = format_error(exc)
+        if message is None:
+            raise
+        click.echo(f"ue8m0: error: {message}", err=True)
+        sys.exit(exit_code_for(exc))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,47 @@
+"""Exceptions raised by ue8m0. Each names what is wrong and where; the CLI prints them as one line."""
+
+from __future__ import annotations
+
+
+class Ue8m0Error(Exception):
+    """Base class of the errors this package raises on purpose."""
+
+
+class FormatNameError(Ue8m0Error, ValueError):
+    """An unknown element format, scale rule or policy name."""
+
+
+class BlockError(Ue8m0Error, ValueError):
+    """A block shape that is not usable (non-positive size, wrong arity)."""
+
+
+class InputError(Ue8m0Error, ValueError):
+    """An input array the quantizer cannot take (empty, 0-d/1-d, wrong shape)."""
+
+
+class InputTypeError(Ue8m0Error, TypeError):
+    """An input whose dtype or type the quantizer cannot take (integers, objects)."""
+
+
+class NonFiniteError(Ue8m0Error, ValueError):
+    """A NaN or Inf in the input under ``nonfinite="raise"``.
+
+    ``block`` is the index of the first bad block in the scale grid and ``value`` the first
+    non-finite value found in it.
+    """
+
+    def __init__(self, message: str, block: tuple[int, ...], value: float) -> None:
+        super().__init__(message)
+        self.block = block
+        self.value = value
+
+
+class CheckpointError(Ue8m0Error, ValueError):
+    """A checkpoint problem: names the file, the tensor (when there is one) and the reason."""
+
+    def __init__(self, path: object, reason: str, tensor: str | None = None) -> None:
+        where = f"{path}" if tensor is None else f"{path}: tensor {tensor!r}"
+        super().__init__(f"{where}: {reason}")
+        self.path = path
+        self.tensor = tensor
+        self.reason = reason
