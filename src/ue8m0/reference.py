@@ -55,8 +55,9 @@ def scale_bytes(a: np.ndarray, fmt: ElementFormat, rule: ScaleRule) -> np.ndarra
 def decode_scale_bytes(codes: np.ndarray) -> np.ndarray:
     """float32 value of UE8M0 bytes: ``2**(b - 127)``, NaN for 0xFF (2**-127 is a subnormal)."""
     codes = np.asarray(codes, dtype=np.uint8)
-    out = np.ldexp(np.float32(1.0), codes.astype(np.int32) - 127).astype(np.float32)
-    return np.where(codes == UE8M0.nan_code, np.float32(np.nan), out).astype(np.float32)
+    nan = codes == UE8M0.nan_code
+    out = np.ldexp(np.float32(1.0), np.where(nan, 0, codes.astype(np.int32) - 127))
+    return np.where(nan, np.float32(np.nan), out).astype(np.float32)
 
 
 def encode(values: np.ndarray, fmt: ElementFormat) -> np.ndarray:
