@@ -141,7 +141,7 @@ def _fast_backend() -> Any:
         from ue8m0 import kernels
     except ImportError:
         return None
-    return kernels
+    return kernels if hasattr(kernels, "quantize") else None
 
 
 _OUT_DTYPES = (np.dtype(np.float32), np.dtype(ml_dtypes.bfloat16))
