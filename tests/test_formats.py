@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 
 from ue8m0 import reference
-from ue8m0.formats import ELEMENT_FORMATS, UE8M0, ElementFormat, decode_code, decode_table, element_format
 from ue8m0.errors import FormatNameError
+from ue8m0.formats import (
+    ELEMENT_FORMATS,
+    UE8M0,
+    ElementFormat,
+    decode_code,
+    decode_table,
+    element_format,
+)
 
 
 def _all_codes(fmt: ElementFormat) -> np.ndarray:
@@ -96,8 +103,15 @@ def test_ue8m0_every_byte() -> None:
     assert ours[0] == np.float32(2.0**-127) and ours[254] == np.float32(2.0**127)
     # a block whose amax is exactly 448 * scale gets that scale back (every byte whose amax is finite)
     amax = (ours[:247].astype(np.float64) * 448).astype(np.float32)
-    assert np.array_equal(reference.scale_bytes(amax, element_format("e4m3"), _rceil()), codes[:247])
-    assert (UE8M0.nan_code, UE8M0.max_code, UE8M0.min_exponent, UE8M0.max_exponent) == (255, 254, -127, 127)
+    assert np.array_equal(
+        reference.scale_bytes(amax, element_format("e4m3"), _rceil()), codes[:247]
+    )
+    assert (UE8M0.nan_code, UE8M0.max_code, UE8M0.min_exponent, UE8M0.max_exponent) == (
+        255,
+        254,
+        -127,
+        127,
+    )
 
 
 def _rceil():  # type: ignore[no-untyped-def]

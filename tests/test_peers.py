@@ -43,8 +43,9 @@ def deepgemm_per_token_cast(x: torch.Tensor, use_ue8m0: bool, gran_k: int = 128)
 
 def deepgemm_per_block_cast(x: torch.Tensor, use_ue8m0: bool, gran_k: int = 128):  # type: ignore[no-untyped-def]
     m, n = x.shape
-    x_padded = torch.zeros((_ceil_div(m, gran_k) * gran_k, _ceil_div(n, gran_k) * gran_k),
-                           dtype=x.dtype)
+    x_padded = torch.zeros(
+        (_ceil_div(m, gran_k) * gran_k, _ceil_div(n, gran_k) * gran_k), dtype=x.dtype
+    )
     x_padded[:m, :n] = x
     x_view = x_padded.view(-1, gran_k, x_padded.size(1) // gran_k, gran_k)
     x_amax = x_view.abs().float().amax(dim=(1, 3), keepdim=True).clamp(1e-4)
@@ -85,13 +86,18 @@ def test_deepgemm_reference_casts(kind: str, use_ue8m0: bool, dtype: torch.dtype
         for x in _inputs(seed, dtype):
             ref_fp8, ref_sf = cast(x, use_ue8m0)
             for backend in ("reference", "auto"):
-                q = ue8m0.quantize(_np(x), block=block, scale_rule="rceil" if use_ue8m0 else "fp32",
-                                   backend=backend)
+                q = ue8m0.quantize(
+                    _np(x),
+                    block=block,
+                    scale_rule="rceil" if use_ue8m0 else "fp32",
+                    backend=backend,
+                )
                 assert np.array_equal(q.codes, ref_fp8.view(torch.uint8).numpy())
                 assert np.array_equal(q.scale.view(np.uint32), ref_sf.numpy().view(np.uint32))
                 # torch also takes the tensor directly
-                q2 = ue8m0.quantize(x, block=block, scale_rule="rceil" if use_ue8m0 else "fp32",
-                                    backend=backend)
+                q2 = ue8m0.quantize(
+                    x, block=block, scale_rule="rceil" if use_ue8m0 else "fp32", backend=backend
+                )
                 assert np.array_equal(q2.codes, q.codes)
 
 
@@ -109,7 +115,8 @@ def test_torchao_to_mx_e4m3(rule: str, dtype: torch.dtype) -> None:
     g = torch.Generator().manual_seed(7)
     for shape in [(64, 256), (3, 8, 96)]:
         x = torch.randn(*shape, generator=g) * torch.exp2(
-            torch.randint(-30, 30, (*shape[:-1], 1), generator=g).float())
+            torch.randint(-30, 30, (*shape[:-1], 1), generator=g).float()
+        )
         x.view(-1, 32)[::5] = 0  # zero blocks
         x.view(-1, 32)[1::7] *= 1e4  # blocks whose max saturates under floor
         x = x.to(dtype)

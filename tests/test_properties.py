@@ -19,8 +19,11 @@ def tensors(draw: st.DrawFn) -> np.ndarray:
     rows = draw(st.integers(1, 12))
     cols = draw(st.integers(1, 40))
     exponent = draw(st.integers(-40, 40))
-    base = draw(hnp.arrays(np.float32, (rows, cols),
-                           elements=st.floats(-1e3, 1e3, width=32, allow_subnormal=False)))
+    base = draw(
+        hnp.arrays(
+            np.float32, (rows, cols), elements=st.floats(-1e3, 1e3, width=32, allow_subnormal=False)
+        )
+    )
     return (base * np.float32(2.0**exponent)).astype(np.float32)
 
 
@@ -33,17 +36,24 @@ def _ulp_bound(fmt: ElementFormat, scaled: np.ndarray) -> np.ndarray:
 
 
 @settings(max_examples=150, deadline=None)
-@given(x=tensors(), block=st.sampled_from(BLOCKS), rule=st.sampled_from([*POW2_RULES, "fp32"]),
-       fmt=st.sampled_from(ELEMENT_FORMATS))
-def test_error_within_half_ulp_at_block_scale(x: np.ndarray, block: tuple[int, int], rule: str,
-                                              fmt: ElementFormat) -> None:
+@given(
+    x=tensors(),
+    block=st.sampled_from(BLOCKS),
+    rule=st.sampled_from([*POW2_RULES, "fp32"]),
+    fmt=st.sampled_from(ELEMENT_FORMATS),
+)
+def test_error_within_half_ulp_at_block_scale(
+    x: np.ndarray, block: tuple[int, int], rule: str, fmt: ElementFormat
+) -> None:
     q = ue8m0.quantize(x, block=block, fmt=fmt, scale_rule=rule, backend="reference")
     y = ue8m0.dequantize(q).astype(np.float64)
     from ue8m0.reference import expand_scale
 
     scale = expand_scale(q.scale, x.shape, q.block).astype(np.float64)
     if rule == "fp32":  # non-power-of-two: work on the scaled values as the quantizer saw them
-        mult = np.where(scale == 0, 0, (np.float32(1) / scale.astype(np.float32))).astype(np.float32)
+        mult = np.where(scale == 0, 0, (np.float32(1) / scale.astype(np.float32))).astype(
+            np.float32
+        )
         scaled = (x * mult).astype(np.float64)
         assume_ok = scale > 0
         got = q.data.astype(np.float64)
@@ -60,10 +70,15 @@ def test_error_within_half_ulp_at_block_scale(x: np.ndarray, block: tuple[int, i
 
 
 @settings(max_examples=150, deadline=None)
-@given(x=tensors(), block=st.sampled_from(BLOCKS), fmt=st.sampled_from(ELEMENT_FORMATS),
-       eps=st.sampled_from([0.0, 1e-4]))
-def test_rceil_never_saturates(x: np.ndarray, block: tuple[int, int], fmt: ElementFormat,
-                               eps: float) -> None:
+@given(
+    x=tensors(),
+    block=st.sampled_from(BLOCKS),
+    fmt=st.sampled_from(ELEMENT_FORMATS),
+    eps=st.sampled_from([0.0, 1e-4]),
+)
+def test_rceil_never_saturates(
+    x: np.ndarray, block: tuple[int, int], fmt: ElementFormat, eps: float
+) -> None:
     q = ue8m0.quantize(x, block=block, fmt=fmt, scale_rule="rceil", eps=eps)
     from ue8m0.reference import expand_scale
 
@@ -73,8 +88,9 @@ def test_rceil_never_saturates(x: np.ndarray, block: tuple[int, int], fmt: Eleme
 
 @settings(max_examples=150, deadline=None)
 @given(x=tensors(), block=st.sampled_from(BLOCKS), fmt=st.sampled_from(ELEMENT_FORMATS))
-def test_rceil_requantize_is_stable(x: np.ndarray, block: tuple[int, int],
-                                    fmt: ElementFormat) -> None:
+def test_rceil_requantize_is_stable(
+    x: np.ndarray, block: tuple[int, int], fmt: ElementFormat
+) -> None:
     """Quantizing a dequantized rceil result again gives the same values, and the same bytes
     except in blocks whose largest element rounded down to exactly m/2 (the scale then halves and
     every code doubles: the same values in other bytes, e.g. 449 -> 448 under e4m3)."""
@@ -85,7 +101,7 @@ def test_rceil_requantize_is_stable(x: np.ndarray, block: tuple[int, int],
     from ue8m0.reference import _to_blocks
 
     codes_max = np.abs(_to_blocks(q.data.astype(np.float32), q.block)[0]).max(axis=-1)
-    halved = (codes_max == fmt.max / 2).reshape(q.scale.shape) | (q.scale == 2.0 ** -127)
+    halved = (codes_max == fmt.max / 2).reshape(q.scale.shape) | (q.scale == 2.0**-127)
     assert q2.scale_codes is not None and q.scale_codes is not None
     same = ~halved
     assert np.array_equal(q2.scale_codes[same], q.scale_codes[same])
@@ -96,9 +112,11 @@ def test_rceil_requantize_is_stable(x: np.ndarray, block: tuple[int, int],
 
 
 @settings(max_examples=150, deadline=None)
-@given(values=hnp.arrays(np.float32, st.integers(2, 64),
-                         elements=st.floats(-1e4, 1e4, width=32)),
-       rule=st.sampled_from([*POW2_RULES, "fp32"]), fmt=st.sampled_from(ELEMENT_FORMATS))
+@given(
+    values=hnp.arrays(np.float32, st.integers(2, 64), elements=st.floats(-1e4, 1e4, width=32)),
+    rule=st.sampled_from([*POW2_RULES, "fp32"]),
+    fmt=st.sampled_from(ELEMENT_FORMATS),
+)
 def test_monotone_within_a_block(values: np.ndarray, rule: str, fmt: ElementFormat) -> None:
     x = np.sort(values)[None, :]
     q = ue8m0.quantize(x, block=(1, -1), fmt=fmt, scale_rule=rule)
@@ -108,8 +126,9 @@ def test_monotone_within_a_block(values: np.ndarray, rule: str, fmt: ElementForm
 
 @settings(max_examples=60, deadline=None)
 @given(x=tensors(), block=st.sampled_from(BLOCKS), rule=st.sampled_from([*POW2_RULES, "fp32"]))
-def test_batched_leading_dims_equal_per_slice(x: np.ndarray, block: tuple[int, int],
-                                              rule: str) -> None:
+def test_batched_leading_dims_equal_per_slice(
+    x: np.ndarray, block: tuple[int, int], rule: str
+) -> None:
     stacked = np.stack([x, -x, x * 3])
     q = ue8m0.quantize(stacked, block=block, scale_rule=rule)
     for i in range(3):

@@ -129,7 +129,7 @@ def _dispatch_quantize(
     if backend != "reference":
         fast = _fast_backend()
         if fast is not None:
-            return fast.quantize(arr, block, fmt, rule, eps, policy, threads)  # type: ignore[no-any-return]
+            return fast.quantize(arr, block, fmt, rule, eps, policy, threads)
         if backend == "fast":
             raise FormatNameError("backend 'fast' is not available (numba kernels not importable)")
     return reference.quantize(arr, block, fmt, rule, eps, policy)
@@ -169,7 +169,7 @@ def dequantize(
     if backend != "reference":
         fast = _fast_backend()
         if fast is not None:
-            return fast.dequantize(q.codes, q.scale, q.block, q.fmt, out_dtype, threads)  # type: ignore[no-any-return]
+            return fast.dequantize(q.codes, q.scale, q.block, q.fmt, out_dtype, threads)
         if backend == "fast":
             raise FormatNameError("backend 'fast' is not available (numba kernels not importable)")
     return reference.dequantize(q.codes, q.scale, q.block, q.fmt, out_dtype)

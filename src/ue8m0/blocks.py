@@ -38,11 +38,13 @@ def parse_block(block: BlockLike) -> tuple[int, int]:
         try:
             return parse_block(tuple(int(p) for p in parts))
         except ValueError:
-            raise BlockError(f"block {block!r}: expected 'RxC' or one of {sorted(NAMED_BLOCKS)}") from None
+            raise BlockError(
+                f"block {block!r}: expected 'RxC' or one of {sorted(NAMED_BLOCKS)}"
+            ) from None
     if isinstance(block, (int, np.integer)) and not isinstance(block, bool):
         return parse_block((1, int(block)))
     try:
-        items = tuple(block)
+        items = tuple(block)  # type: ignore[arg-type]
     except TypeError:
         raise BlockError(f"block {block!r}: expected (rows, cols)") from None
     if len(items) != 2:
@@ -60,7 +62,10 @@ def parse_block(block: BlockLike) -> tuple[int, int]:
 def resolve_block(block: tuple[int, int], shape: tuple[int, ...]) -> tuple[int, int]:
     """Replace ``-1`` by the extent of the dim (at least 1)."""
     rows, cols = shape[-2], shape[-1]
-    return (max(rows, 1) if block[0] == -1 else block[0], max(cols, 1) if block[1] == -1 else block[1])
+    return (
+        max(rows, 1) if block[0] == -1 else block[0],
+        max(cols, 1) if block[1] == -1 else block[1],
+    )
 
 
 def scale_grid(shape: tuple[int, ...], block: tuple[int, int]) -> tuple[int, ...]:
@@ -108,4 +113,6 @@ def _torch_to_numpy(t: Any) -> np.ndarray:
         return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
     if t.dtype in (torch.float32, torch.float16, torch.float64):
         return t.numpy()
-    raise InputTypeError(f"input dtype {t.dtype} is not supported: use float32, float16 or bfloat16")
+    raise InputTypeError(
+        f"input dtype {t.dtype} is not supported: use float32, float16 or bfloat16"
+    )

@@ -267,7 +267,7 @@ def element_format(fmt: str | ElementFormat) -> ElementFormat:
     return found
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def decode_table(fmt: ElementFormat) -> np.ndarray:
     """float32 value of every code of ``fmt`` (length ``2**bits``), from :func:`decode_code`."""
     return np.array([decode_code(fmt, c) for c in range(1 << fmt.bits)], dtype=np.float32)

@@ -9,6 +9,7 @@ clamps ``b`` to ``[0, 254]``. Elements are ``RNE(x * (1 / scale))`` saturated to
 from __future__ import annotations
 
 import enum
+from typing import TypeVar
 
 from ue8m0.errors import FormatNameError
 
@@ -89,7 +90,10 @@ class NonFinite(enum.Enum):
         return _parse(cls, value, "nonfinite policy")
 
 
-def _parse(cls: type[enum.Enum], value: object, what: str) -> enum.Enum:  # type: ignore[type-var]
+_E = TypeVar("_E", bound=enum.Enum)
+
+
+def _parse(cls: type[_E], value: object, what: str) -> _E:
     if isinstance(value, cls):
         return value
     if isinstance(value, str):

@@ -106,9 +106,7 @@ def _to_blocks(x: np.ndarray, block: tuple[int, int]) -> tuple[np.ndarray, tuple
     return blocks.reshape(batch, gr, gc, br * bc), grid
 
 
-def _from_blocks(
-    blocks: np.ndarray, shape: tuple[int, ...], block: tuple[int, int]
-) -> np.ndarray:
+def _from_blocks(blocks: np.ndarray, shape: tuple[int, ...], block: tuple[int, int]) -> np.ndarray:
     br, bc = resolve_block(block, shape)
     batch, gr, gc, _ = blocks.shape
     full = blocks.reshape(batch, gr, gc, br, bc).transpose(0, 1, 3, 2, 4)

@@ -17,7 +17,11 @@ ERROR_TABLE: list[tuple[type[BaseException], _Formatter, int]] = [
     (errors.InputError, str, 2),
     (errors.InputTypeError, str, 2),
     (errors.Ue8m0Error, str, 1),
-    (FileNotFoundError, lambda e: f"{getattr(e, 'filename', '') or e}: no such file or directory", 2),
+    (
+        FileNotFoundError,
+        lambda e: f"{getattr(e, 'filename', '') or e}: no such file or directory",
+        2,
+    ),
     (IsADirectoryError, lambda e: f"{getattr(e, 'filename', '') or e}: is a directory", 2),
     (PermissionError, lambda e: f"{getattr(e, 'filename', '') or e}: permission denied", 2),
     (KeyboardInterrupt, lambda e: "interrupted", 130),
