@@ -19,9 +19,9 @@ def test_error_metrics_hand_computed() -> None:
     assert metrics.cosine(ref, approx) == pytest.approx(21.0 / (5.0 * math.sqrt(18.0)))
     assert metrics.max_abs_error(ref, approx) == 1.0
     assert metrics.sqnr_db(ref, ref) == math.inf
-    assert metrics.fraction_flushed([[1.0, 0.0, 2.0, 3.0]], [[0.0, 0.0, 2.0, 0.0]]) == pytest.approx(
-        2 / 3
-    )
+    assert metrics.fraction_flushed(
+        [[1.0, 0.0, 2.0, 3.0]], [[0.0, 0.0, 2.0, 0.0]]
+    ) == pytest.approx(2 / 3)
 
 
 def test_rankdata_and_spearman() -> None:

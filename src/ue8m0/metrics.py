@@ -115,7 +115,7 @@ def block_reduce(x: np.ndarray, block: tuple[int, int], op: str = "sum") -> np.n
         x = np.pad(x, pad)
     shaped = x.reshape((*x.shape[:-2], gr, br, gc, bc))
     reducer = np.max if op == "max" else np.sum
-    return reducer(shaped, axis=(-3, -1))  # type: ignore[no-any-return]
+    return reducer(shaped, axis=(-3, -1))
 
 
 def expand_blocks(grid: np.ndarray, shape: tuple[int, ...], block: tuple[int, int]) -> np.ndarray:
@@ -127,7 +127,7 @@ def expand_blocks(grid: np.ndarray, shape: tuple[int, ...], block: tuple[int, in
 
 def block_amax(x: np.ndarray, block: tuple[int, int]) -> np.ndarray:
     """Largest ``|x|`` of each block (float64, scale-grid shape)."""
-    return block_reduce(np.abs(_as64(x)), block, "max")
+    return block_reduce(np.abs(np.asarray(x)), block, "max").astype(np.float64)
 
 
 def headroom_bits(x: np.ndarray, q: QuantizedTensor) -> np.ndarray:
@@ -145,7 +145,7 @@ def headroom_bits(x: np.ndarray, q: QuantizedTensor) -> np.ndarray:
 def saturated_mask(x: np.ndarray, q: QuantizedTensor) -> np.ndarray:
     """Elements the format clipped: ``|x| > elem_max · scale`` of their block."""
     limit = expand_blocks(q.fmt.max * q.scale.astype(np.float64), q.shape, q.block)
-    return np.abs(_as64(x)) > limit  # type: ignore[no-any-return]
+    return np.abs(_as64(x)) > limit
 
 
 @dataclass
@@ -166,7 +166,9 @@ class ErrorStats:
     flushed: int = 0
     worst_row_sqnr: float = math.inf
 
-    def update(self, ref: np.ndarray, approx: np.ndarray, saturated: np.ndarray | None = None) -> None:
+    def update(
+        self, ref: np.ndarray, approx: np.ndarray, saturated: np.ndarray | None = None
+    ) -> None:
         """Add a chunk (``ref`` and ``approx`` of the same shape, at least 2-D)."""
         x, y = _as64(ref), _as64(approx)
         e = y - x
@@ -189,6 +191,19 @@ class ErrorStats:
             with np.errstate(divide="ignore"):
                 row_db = 10.0 * np.log10(row_ref[noisy] / row_err[noisy])
             self.worst_row_sqnr = min(self.worst_row_sqnr, float(np.min(row_db)))
+
+    def merge(self, other: ErrorStats) -> None:
+        """Add the sums of ``other`` (another chunk or tensor) to these."""
+        self.count += other.count
+        self.nonzero += other.nonzero
+        self.ref_sq += other.ref_sq
+        self.approx_sq += other.approx_sq
+        self.err_sq += other.err_sq
+        self.dot += other.dot
+        self.max_abs = max(self.max_abs, other.max_abs)
+        self.saturated += other.saturated
+        self.flushed += other.flushed
+        self.worst_row_sqnr = min(self.worst_row_sqnr, other.worst_row_sqnr)
 
     def result(self) -> dict[str, float]:
         """The metrics named in the module docstring."""

@@ -1,0 +1,95 @@
+"""``ue8m0 report``: what each recipe costs on every tensor of a checkpoint (wiring only)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ue8m0.recipes import DEFAULT_RECIPES, get_recipe
+
+EXAMPLES = """
+\b
+Examples:
+  ue8m0 report model.safetensors
+  ue8m0 report path/to/checkpoint/ --out report/       # + index.html and PNG plots
+  ue8m0 report ckpt/ --recipe rceil --recipe fp32 --recipe e4m3:1x128:floor
+  ue8m0 report ckpt/ --include '*.mlp.*' --rank-by sqnr_db --top 20
+  ue8m0 report ckpt/ --json > report.json
+
+\b
+Recipes (defaults: all): rceil, fp32, floor (e4m3 128x128), mxfp8 (e4m3 1x32 rceil),
+e5m2 (128x128 rceil), mxfp4 (e2m1 1x32 rceil), or FMT:RxC:RULE.
+JSON writes non-finite numbers as the strings "inf", "-inf", "nan".
+"""
+
+
+@click.command(epilog=EXAMPLES)
+@click.argument("src", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--recipe",
+    "recipes",
+    multiple=True,
+    metavar="NAME",
+    help="Recipe to measure (repeatable; default: all six named recipes).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write index.html, report.json and the PNG plots into this directory.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--include", multiple=True, metavar="GLOB", help="Only tensors whose name matches (repeatable)."
+)
+@click.option(
+    "--rank-by",
+    default="worst_row_sqnr_db",
+    show_default=True,
+    type=click.Choice(
+        ["worst_row_sqnr_db", "sqnr_db", "rel_frobenius", "max_abs_error", "flushed", "saturated"]
+    ),
+    help="Metric that orders tensors worst first (under the first recipe).",
+)
+@click.option("--top", default=10, show_default=True, help="Worst tensors listed in the table.")
+@click.option(
+    "--slab-mb",
+    default=64,
+    show_default=True,
+    help="Rows read at a time, in MiB of float32 (the memory bound).",
+)
+def report(
+    src: Path,
+    recipes: tuple[str, ...],
+    out: Path | None,
+    as_json: bool,
+    include: tuple[str, ...],
+    rank_by: str,
+    top: int,
+    slab_mb: int,
+) -> None:
+    """Quantize every float tensor of SRC (a .safetensors file or a checkpoint directory)
+    under each recipe and report SQNR, relative Frobenius error, cosine, max abs error,
+    saturated and flushed-to-zero fractions, and per-block headroom."""
+    from ue8m0.report.analysis import analyze_checkpoint
+    from ue8m0.report.text import report_json, terminal_report
+
+    chosen = [get_recipe(r) for r in (recipes or DEFAULT_RECIPES)]
+    result = analyze_checkpoint(
+        src, chosen, include=include, rank_by=rank_by, slab_bytes=max(1, slab_mb) << 20
+    )
+    document = report_json(result)
+    if out is not None:
+        from ue8m0.report.html import write_html
+        from ue8m0.report.plots import write_plots
+
+        plots = write_plots(result, out)
+        (out / "report.json").write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+        page = write_html(result, plots, out / "index.html")
+    if as_json:
+        click.echo(json.dumps(document, indent=1, allow_nan=False))
+    else:
+        click.echo(terminal_report(result, top))
+    if out is not None:
+        click.echo(f"wrote {page} and {len(plots)} plots", err=True)
