@@ -1,0 +1,117 @@
+"""``inspect``: what a checkpoint is — format, tensors by dtype and role, sizes, quantization
+parameters and scale statistics."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ue8m0.checkpoint.layout import (
+    SCALE_TAGS,
+    config_block,
+    decode_scale,
+    infer_block,
+    is_power_of_two,
+    is_scale_name,
+    scale_candidates,
+)
+from ue8m0.checkpoint.safetensors import FP8_TAGS, TensorInfo
+from ue8m0.checkpoint.source import Checkpoint, open_checkpoint
+
+
+def _role(info: TensorInfo, scales: set[str]) -> str:
+    if info.dtype in FP8_TAGS:
+        return "fp8 weight"
+    if info.name in scales:
+        return "scale"
+    if is_scale_name(info.name):
+        return "orphan scale"
+    if len(info.shape) >= 2:
+        return "high-precision matrix"
+    return "vector (norm, bias, ...)"
+
+
+def detect_format(
+    ckpt: Checkpoint, scale_tags: Counter[str], blocks: set[tuple[int, int]], pow2: bool
+) -> str:
+    qc = (ckpt.config or {}).get("quantization_config") or {}
+    method = qc.get("quant_method") if isinstance(qc, dict) else None
+    if not scale_tags:
+        return "high precision (no FP8 weights)"
+    if blocks == {(1, 32)}:
+        return "MXFP8 (1x32 groups, power-of-two scales)"
+    if method == "compressed-tensors" or any(n.endswith(".weight_scale") for n in ckpt.tensors):
+        kind = "compressed-tensors FP8 block"
+    else:
+        kind = "DeepSeek FP8 block (weight_scale_inv)"
+    scales = "UE8M0 (power-of-two) scales" if pow2 else "non-power-of-two scales"
+    return f"{kind}, {scales}"
+
+
+def inspect_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A JSON-able description of the checkpoint at ``path``."""
+    ckpt = open_checkpoint(path)
+    declared = config_block(ckpt.config)
+    pairs = {}
+    for info in ckpt.tensors.values():
+        if info.dtype in FP8_TAGS:
+            scale = next((s for s in scale_candidates(info.name) if s in ckpt.tensors), None)
+            if scale is not None:
+                pairs[info.name] = scale
+    by_dtype: dict[str, dict[str, int]] = {}
+    by_role: dict[str, dict[str, int]] = {}
+    for info in ckpt.tensors.values():
+        for table, key in ((by_dtype, info.dtype), (by_role, _role(info, set(pairs.values())))):
+            row = table.setdefault(key, {"tensors": 0, "bytes": 0, "elements": 0})
+            row["tensors"] += 1
+            row["bytes"] += info.nbytes
+            row["elements"] += int(np.prod(info.shape, dtype=np.int64))
+    scale_tags: Counter[str] = Counter()
+    blocks: set[tuple[int, int]] = set()
+    exps: list[np.ndarray] = []
+    count = pow2_count = 0
+    for weight, scale in pairs.items():
+        sinfo = ckpt.tensors[scale]
+        scale_tags[sinfo.dtype] += 1
+        block = infer_block(ckpt.tensors[weight].shape, sinfo.shape, declared)
+        if block is not None:
+            blocks.add(block)
+        if sinfo.dtype not in SCALE_TAGS:
+            continue
+        with ckpt.open(ckpt.weight_map[scale]) as f:
+            values = decode_scale(f.read(scale), sinfo.dtype).reshape(-1)
+        count += values.size
+        pow2_count += int(np.count_nonzero(is_power_of_two(values)))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            exps.append(np.log2(values[np.isfinite(values) & (values > 0)]))
+    stats: dict[str, Any] = {
+        "scale_tensors": sum(scale_tags.values()),
+        "scales": count,
+        "dtypes": dict(scale_tags),
+    }
+    if count:
+        e = np.concatenate(exps)
+        stats.update(
+            {
+                "power_of_two_fraction": pow2_count / count,
+                "log2_min": float(e.min()),
+                "log2_median": float(np.median(e)),
+                "log2_max": float(e.max()),
+            }
+        )
+    total = sum(t.nbytes for t in ckpt.tensors.values())
+    return {
+        "path": str(path),
+        "format": detect_format(ckpt, scale_tags, blocks, bool(count) and pow2_count == count),
+        "shards": len(ckpt.shards),
+        "tensors": len(ckpt.tensors),
+        "bytes": total,
+        "by_dtype": by_dtype,
+        "by_role": by_role,
+        "blocks": sorted([list(b) for b in blocks]),
+        "quantization_config": (ckpt.config or {}).get("quantization_config"),
+        "scale_stats": stats,
+    }

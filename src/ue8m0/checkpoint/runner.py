@@ -1,0 +1,207 @@
+"""Run a planned conversion: resume from the manifest, fan shards out to worker processes,
+report progress, then write the index, the config and the copied files.
+
+The destination only looks complete (``model.safetensors.index.json`` present) once every shard
+is written; the index is written last, after the copied files and the config.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import resource
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from ue8m0.checkpoint.convert import convert_shard
+from ue8m0.checkpoint.manifest import Manifest, source_fingerprint
+from ue8m0.checkpoint.plan import Plan, ShardPlan
+from ue8m0.checkpoint.source import INDEX_NAME, Checkpoint, check_destination
+from ue8m0.checkpoint.writer import TMP_SUFFIX, copy_atomic, write_json_atomic
+from ue8m0.errors import CheckpointError
+
+#: test-only hook: stop (sleep) after this many shards are recorded, to be killed mid-run
+STOP_AFTER_ENV = "UE8M0_TEST_STOP_AFTER_SHARDS"
+
+
+class Progress:
+    """Progress sink; the CLI subclasses it with bars. All methods are no-ops here."""
+
+    def start(self, total_bytes: int, shards: int) -> None: ...
+    def shard_start(self, shard: str, nbytes: int) -> None: ...
+    def advance(self, shard: str, nbytes: int) -> None: ...
+    def shard_done(self, shard: str) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class RunResult:
+    plan: Plan
+    written: list[str]
+    skipped: list[str]
+    seconds: float
+
+    def summary(self) -> dict[str, Any]:
+        converted = sum(s.in_bytes for s in self.plan.shards if s.name in self.written)
+        peak = max(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+        )
+        return {
+            **self.plan.summary(),
+            "shards_written": len(self.written),
+            "shards_resumed": len(self.skipped),
+            "seconds": round(self.seconds, 3),
+            "input_gb_per_s": round(converted / 1e9 / self.seconds, 3) if self.seconds else 0,
+            "peak_rss_mb": round(peak / 1024, 1),
+        }
+
+
+def run_plan(
+    ckpt: Checkpoint, plan: Plan, dst: Path, workers: int = 1, progress: Progress | None = None
+) -> RunResult:
+    """Execute ``plan`` from ``ckpt`` into ``dst`` (resuming when ``dst`` has a manifest)."""
+    progress = progress or Progress()
+    check_destination(ckpt.root, dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    _clean_temps(dst)
+    manifest = Manifest.open(dst, plan.params, source_fingerprint(ckpt))
+    t0 = time.perf_counter()
+    todo = [s for s in plan.shards if not manifest.is_done(s.name, dst)]
+    skipped = [s.name for s in plan.shards if s not in todo]
+    progress.start(sum(s.in_bytes for s in todo), len(todo))
+    stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
+    options = _options(plan)
+
+    def record(shard: ShardPlan, size: int, sha: str) -> None:
+        manifest.record(shard.name, size, sha)
+        progress.shard_done(shard.name)
+        if stop_after and len(manifest.shards) - len(skipped) >= stop_after:
+            time.sleep(3600)  # pragma: no cover - killed by the resume test
+
+    try:
+        if workers <= 1 or len(todo) <= 1:
+            for shard in todo:
+                progress.shard_start(shard.name, shard.in_bytes)
+                tick: Callable[[int], None] = partial(progress.advance, shard.name)
+                size, sha = convert_shard(
+                    ckpt.root,
+                    dst,
+                    shard,
+                    plan.kind,
+                    options,
+                    tick,
+                    threads=max(1, workers),
+                )
+                record(shard, size, sha)
+        else:
+            _run_pool(ckpt, plan, dst, todo, workers, options, progress, record)
+        _finalize(ckpt, plan, dst)
+        manifest.finish()
+    except BaseException:
+        _clean_temps(dst)
+        raise
+    finally:
+        progress.close()
+    return RunResult(plan, [s.name for s in todo], skipped, time.perf_counter() - t0)
+
+
+def _options(plan: Plan) -> dict[str, Any]:
+    params = {k: v for k, v in plan.params.items() if k != "command"}
+    if plan.kind == "quantize":
+        params["block"] = tuple(params["block"])
+        params["include"], params["exclude"] = tuple(params["include"]), tuple(params["exclude"])
+    return params
+
+
+def _clean_temps(dst: Path) -> None:
+    for tmp in dst.rglob(f"*{TMP_SUFFIX}"):
+        tmp.unlink(missing_ok=True)
+
+
+_QUEUE: Any = None
+
+
+def _init_worker(q: Any) -> None:
+    global _QUEUE
+    _QUEUE = q
+
+
+def _worker(
+    root: str, dst: str, shard: ShardPlan, kind: str, options: dict[str, Any], threads: int
+) -> tuple[str, Any, Any, Any]:
+    def tick(n: int) -> None:
+        _QUEUE.put((shard.name, n))
+
+    try:
+        size, sha = convert_shard(Path(root), Path(dst), shard, kind, options, tick, threads)
+    except CheckpointError as exc:  # its __init__ signature does not survive pickling
+        return ("error", str(exc.path), exc.reason, exc.tensor)
+    return ("ok", shard.name, size, sha)
+
+
+def _run_pool(
+    ckpt: Checkpoint,
+    plan: Plan,
+    dst: Path,
+    todo: list[ShardPlan],
+    workers: int,
+    options: dict[str, Any],
+    progress: Progress,
+    record: Any,
+) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    q = ctx.Queue()
+    nproc = min(workers, len(todo))
+    threads = max(1, workers // nproc)
+    pool = ProcessPoolExecutor(nproc, mp_context=ctx, initializer=_init_worker, initargs=(q,))
+    pending: dict[Future[Any], ShardPlan] = {}
+    try:
+        for shard in todo:
+            progress.shard_start(shard.name, shard.in_bytes)
+            fut = pool.submit(_worker, str(ckpt.root), str(dst), shard, plan.kind, options, threads)
+            pending[fut] = shard
+        while pending:
+            done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            _drain(q, progress)
+            for fut in done:
+                shard = pending.pop(fut)
+                status, a, b, c = fut.result()
+                if status == "error":
+                    raise CheckpointError(a, b, c)
+                record(shard, b, c)
+        _drain(q, progress)
+    except BaseException:
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+
+
+def _drain(q: Any, progress: Progress) -> None:
+    while True:
+        try:
+            shard, n = q.get_nowait()
+        except queue.Empty:
+            return
+        progress.advance(shard, n)
+
+
+def _finalize(ckpt: Checkpoint, plan: Plan, dst: Path) -> None:
+    for rel in ckpt.extra_files:
+        if rel == "config.json" and plan.config is not None:
+            continue
+        copy_atomic(ckpt.root / rel, dst / rel)
+    if plan.config is not None:
+        write_json_atomic(dst / "config.json", plan.config)
+    weight_map = dict(sorted(plan.weight_map().items()))
+    write_json_atomic(
+        dst / INDEX_NAME, {"metadata": {"total_size": plan.out_bytes}, "weight_map": weight_map}
+    )

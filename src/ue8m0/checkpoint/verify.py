@@ -1,0 +1,279 @@
+"""``verify``: check a checkpoint end to end, and optionally against its source.
+
+Every check is recorded (name, passed, detail, offending tensors) so the CLI can print a
+table or JSON and exit non-zero when any failed. Data is read in slabs, as when converting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ue8m0.api import QuantizedTensor, dequantize
+from ue8m0.checkpoint.convert import COPY_BYTES, slabs
+from ue8m0.checkpoint.layout import (
+    FMT_OF_TAG,
+    SCALE_TAGS,
+    config_block,
+    decode_scale,
+    element_fmt,
+    infer_block,
+    is_power_of_two,
+    is_scale_name,
+    module_of,
+    scale_candidates,
+)
+from ue8m0.checkpoint.safetensors import DTYPES, FLOAT_TAGS, FP8_TAGS
+from ue8m0.checkpoint.source import Checkpoint, open_checkpoint
+from ue8m0.errors import CheckpointError
+from ue8m0.formats import decode_table
+from ue8m0.policies import ScaleRule
+from ue8m0.reference import expand_scale
+
+MAX_LISTED = 20
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool = True
+    detail: str = ""
+    tensors: list[str] = field(default_factory=list)
+
+    def fail(self, tensor: str, why: str) -> None:
+        self.passed = False
+        if len(self.tensors) < MAX_LISTED:
+            self.tensors.append(f"{tensor}: {why}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "check": self.name,
+            "passed": self.passed,
+            "detail": self.detail,
+            "failures": self.tensors,
+        }
+
+
+@dataclass
+class Report:
+    path: str
+    checks: list[Check]
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "passed": self.passed,
+            "checks": [c.as_dict() for c in self.checks],
+        }
+
+
+@dataclass(frozen=True)
+class Pair:
+    """An FP8 weight and its scale."""
+
+    weight: str
+    scale: str
+    block: tuple[int, int]
+    fmt: str
+
+
+def _read_scale(ckpt: Checkpoint, name: str) -> np.ndarray:
+    info = ckpt.tensors[name]
+    with ckpt.open(ckpt.weight_map[name]) as f:
+        return decode_scale(f.read(name), info.dtype)
+
+
+def verify_checkpoint(path: str | Path, against: str | Path | None = None) -> Report:
+    """Run every check on ``path``; with ``against``, compare to the source checkpoint."""
+    structure = Check("index <-> shards complete and consistent")
+    try:
+        ckpt = open_checkpoint(path)
+    except CheckpointError as exc:
+        structure.passed, structure.detail = False, str(exc)
+        return Report(str(path), [structure])
+    total = sum(t.nbytes for t in ckpt.tensors.values())
+    structure.detail = f"{len(ckpt.shards)} shards, {len(ckpt.tensors)} tensors, {total} bytes"
+    if ckpt.index is not None:
+        declared = (ckpt.index.get("metadata") or {}).get("total_size")
+        if declared is not None and int(declared) != total:
+            structure.fail("metadata.total_size", f"{declared} != {total} (sum of tensors)")
+    pairs, checks = _scale_checks(ckpt)
+    checks.insert(0, structure)
+    checks.append(_config_check(ckpt, pairs))
+    checks.append(_pow2_check(ckpt, pairs))
+    checks.append(_finite_check(ckpt, pairs))
+    if against is not None:
+        checks.extend(_against_checks(ckpt, pairs, open_checkpoint(against)))
+    return Report(str(path), checks)
+
+
+def _scale_checks(ckpt: Checkpoint) -> tuple[list[Pair], list[Check]]:
+    shapes = Check("every FP8 weight has a scale of the right shape and dtype")
+    orphans = Check("no orphan scales")
+    declared = config_block(ckpt.config)
+    pairs: list[Pair] = []
+    used: set[str] = set()
+    for info in ckpt.tensors.values():
+        if info.dtype not in FP8_TAGS:
+            continue
+        scale = next((s for s in scale_candidates(info.name) if s in ckpt.tensors), None)
+        if scale is None:
+            shapes.fail(info.name, "no scale")
+            continue
+        used.add(scale)
+        sinfo = ckpt.tensors[scale]
+        block = infer_block(info.shape, sinfo.shape, declared)
+        if sinfo.dtype not in SCALE_TAGS:
+            shapes.fail(scale, f"dtype {sinfo.dtype}")
+        elif block is None or (declared is not None and block != declared):
+            shapes.fail(
+                scale,
+                f"shape {list(sinfo.shape)} does not fit {list(info.shape)} with block {declared}",
+            )
+        else:
+            pairs.append(Pair(info.name, scale, block, FMT_OF_TAG[info.dtype]))
+    for name in ckpt.tensors:
+        if is_scale_name(name) and name not in used:
+            orphans.fail(name, "no FP8 weight uses it")
+    shapes.detail = f"{len(pairs)} FP8 weights"
+    return pairs, [shapes, orphans]
+
+
+def _config_check(ckpt: Checkpoint, pairs: list[Pair]) -> Check:
+    check = Check("config.json <-> tensors consistent")
+    qc = (ckpt.config or {}).get("quantization_config")
+    has_fp8 = any(t.dtype in FP8_TAGS for t in ckpt.tensors.values())
+    if ckpt.config is None:
+        check.detail = "no config.json"
+        return check
+    if has_fp8 and not isinstance(qc, dict):
+        check.fail("config.json", "FP8 tensors but no quantization_config")
+    elif not has_fp8 and qc is not None:
+        check.fail("config.json", "quantization_config but no FP8 tensors")
+    elif isinstance(qc, dict):
+        check.detail = f"quant_method {qc.get('quant_method')}"
+        fmt = qc.get("fmt")
+        skip = [str(m) for m in qc.get("modules_to_not_convert") or qc.get("ignored_layers") or []]
+        for pair in pairs:
+            if fmt is not None and fmt != pair.fmt:
+                check.fail(pair.weight, f"dtype is {pair.fmt} but config fmt is {fmt}")
+            if module_of(pair.weight) in skip:
+                check.fail(pair.weight, "FP8 but listed in modules_to_not_convert")
+    return check
+
+
+def _pow2_check(ckpt: Checkpoint, pairs: list[Pair]) -> Check:
+    qc = (ckpt.config or {}).get("quantization_config") or {}
+    ue8m0 = isinstance(qc, dict) and qc.get("scale_fmt") == "ue8m0"
+    check = Check("scale_fmt ue8m0 => every scale an exact power of two")
+    if not ue8m0:
+        check.detail = "not declared (skipped)"
+        return check
+    for pair in pairs:
+        bad = int(np.count_nonzero(~is_power_of_two(_read_scale(ckpt, pair.scale))))
+        if bad:
+            check.fail(pair.scale, f"{bad} scales are not powers of two")
+    check.detail = f"{len(pairs)} scale tensors"
+    return check
+
+
+def _finite_check(ckpt: Checkpoint, pairs: list[Pair]) -> Check:
+    check = Check("no NaN/Inf in weights and scales")
+    for pair in pairs:
+        if not np.isfinite(_read_scale(ckpt, pair.scale)).all():
+            check.fail(pair.scale, "non-finite scale")
+    for shard in ckpt.shards:
+        with ckpt.open(shard) as f:
+            for info in f.tensors.values():
+                if info.dtype in FP8_TAGS:
+                    finite = np.isfinite(decode_table(element_fmt(FMT_OF_TAG[info.dtype])))
+                elif info.dtype not in FLOAT_TAGS or not info.nbytes:
+                    continue
+                else:
+                    finite = None
+                step = COPY_BYTES // info.itemsize * info.itemsize
+                for start in range(0, info.nbytes, step):
+                    raw = f.read_bytes(info.name, start, min(info.nbytes, start + step))
+                    ok = (
+                        finite[raw].all()
+                        if finite is not None
+                        else np.isfinite(raw.view(DTYPES[info.dtype]).astype(np.float32)).all()
+                    )
+                    if not ok:
+                        check.fail(info.name, "NaN or Inf")
+                        break
+    return check
+
+
+def _against_checks(ckpt: Checkpoint, pairs: list[Pair], src: Checkpoint) -> list[Check]:
+    bound = Check("every dequantized block within the format's error bound of the source")
+    kept = Check("high-precision tensors identical to the source")
+    names = {p.weight for p in pairs}
+    worst = 0.0
+    for pair in pairs:
+        if pair.weight not in src.tensors:
+            bound.fail(pair.weight, "not in the source")
+            continue
+        worst = max(worst, _compare_pair(ckpt, src, pair, bound))
+    for name, info in ckpt.tensors.items():
+        if name in names or is_scale_name(name):
+            continue
+        sinfo = src.tensors.get(name)
+        if sinfo is None or sinfo.dtype != info.dtype or sinfo.shape != info.shape:
+            kept.fail(name, "missing from the source or different dtype/shape")
+            continue
+        with ckpt.open(ckpt.weight_map[name]) as a, src.open(src.weight_map[name]) as b:
+            for start in range(0, info.nbytes, COPY_BYTES):
+                stop = min(info.nbytes, start + COPY_BYTES)
+                if not np.array_equal(
+                    a.read_bytes(name, start, stop), b.read_bytes(name, start, stop)
+                ):
+                    kept.fail(name, "bytes differ")
+                    break
+    bound.detail = f"{len(pairs)} weights, worst error / bound = {worst:.3f}"
+    return [bound, kept]
+
+
+def _compare_pair(ckpt: Checkpoint, src: Checkpoint, pair: Pair, check: Check) -> float:
+    """Largest elementwise |dequantized - source| / bound over the tensor."""
+    fmt = element_fmt(pair.fmt)
+    scale = _read_scale(ckpt, pair.scale)
+    scale = scale.reshape(-1, *scale.shape[-2:])
+    info = ckpt.tensors[pair.weight]
+    if src.tensors[pair.weight].shape != info.shape:
+        check.fail(pair.weight, "shape differs from the source")
+        return 0.0
+    br = pair.block[0]
+    worst = 0.0
+    with ckpt.open(ckpt.weight_map[pair.weight]) as q, src.open(src.weight_map[pair.weight]) as s:
+        for lead, r0, r1 in slabs(info.shape, 4, br):
+            codes = q.read_rows(pair.weight, lead, r0, r1)
+            sc = scale[lead, r0 // br : -(-r1 // br)]
+            qt = QuantizedTensor(codes.view(fmt.dtype), sc, None, fmt, pair.block, ScaleRule.FP32)
+            deq = dequantize(qt, np.float32)
+            ref = s.read_rows(pair.weight, lead, r0, r1).astype(np.float32)
+            worst = max(worst, _ratio(deq, ref, expand_scale(sc, ref.shape, pair.block), fmt))
+    if worst > 1.0:
+        check.fail(pair.weight, f"error {worst:.3g}x the bound")
+    return worst
+
+
+def _ratio(deq: np.ndarray, ref: np.ndarray, s: np.ndarray, fmt: Any) -> float:
+    """max |deq - ref| / bound: half an ulp of the element format at each value, plus the
+    saturation excess above ``max * scale`` and a float32 rounding slack."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        a = np.abs(ref)
+        v = a / s
+        e = np.floor(np.log2(np.maximum(v, np.float32(fmt.smallest_normal))))
+        half_ulp = np.exp2(e - fmt.mbits - 1) * s
+        excess = np.maximum(a - np.float32(fmt.max) * s, 0)
+        bound = (half_ulp + excess) * (1 + 2.0**-10) + a * 2.0**-20 + np.float32(1e-38)
+        r = np.abs(deq - ref) / bound
+    return float(np.nanmax(r)) if r.size else 0.0

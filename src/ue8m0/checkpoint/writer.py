@@ -1,0 +1,150 @@
+"""Streaming safetensors writer and atomic file helpers.
+
+The header is written first (every output's name, dtype and shape is known from the plan),
+then each tensor's bytes as they are produced, in header order, possibly in several pieces.
+Files are written under a temporary name in the destination directory and renamed when
+complete, so a crash never leaves a file that looks finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ue8m0.checkpoint.safetensors import DTYPES
+from ue8m0.errors import CheckpointError
+
+TMP_SUFFIX = ".ue8m0-tmp"
+
+
+@dataclass(frozen=True)
+class OutSpec:
+    """One tensor of an output file."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * DTYPES[self.dtype].itemsize
+
+
+def temp_path(path: Path) -> Path:
+    """The temporary name ``path`` is written under before the rename."""
+    return path.with_name(f".{path.name}{TMP_SUFFIX}")
+
+
+def layout_header(specs: list[OutSpec], metadata: dict[str, str] | None) -> bytes:
+    """The header bytes (length prefix included), padded with spaces to 8 bytes."""
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    offset = 0
+    for spec in specs:
+        end = offset + spec.nbytes
+        header[spec.name] = {
+            "dtype": spec.dtype,
+            "shape": list(spec.shape),
+            "data_offsets": [offset, end],
+        }
+        offset = end
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text
+
+
+class SafetensorsWriter:
+    """Writes one safetensors file as a stream; use as a context manager.
+
+    The header goes first; ``write(name, array)`` then appends the next piece of tensor
+    ``name``'s bytes at that tensor's cursor (``pwrite``), so a tensor may be produced in
+    pieces and the scales of a weight may land before it in the file. On a clean exit every
+    tensor must be complete: the file is renamed into place and ``sha256``/``size`` describe
+    it. On an exception the temporary file is removed.
+    """
+
+    def __init__(
+        self, path: str | Path, specs: list[OutSpec], metadata: dict[str, str] | None = None
+    ) -> None:
+        self.path = Path(path)
+        self.tmp = temp_path(self.path)
+        self.specs = {s.name: s for s in specs}
+        if len(self.specs) != len(specs):
+            raise CheckpointError(self.path, "duplicate tensor names in output")
+        header = layout_header(list(specs), metadata)
+        self._offset: dict[str, int] = {}
+        offset = len(header)
+        for spec in specs:
+            self._offset[spec.name] = offset
+            offset += spec.nbytes
+        self._cursor = dict.fromkeys(self.specs, 0)
+        self.size = offset
+        self.sha256 = ""
+        self._fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._pwrite(memoryview(header), 0)
+
+    def _pwrite(self, data: memoryview, offset: int) -> None:
+        done = 0
+        while done < len(data):
+            done += os.pwrite(self._fd, data[done:], offset + done)
+
+    def write(self, name: str, array: np.ndarray) -> None:
+        """Append bytes (C order) to tensor ``name``."""
+        spec = self.specs.get(name)
+        if spec is None:
+            raise CheckpointError(self.path, "not in the output header", name)
+        data = memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))  # type: ignore[arg-type]
+        cursor = self._cursor[name]
+        if cursor + len(data) > spec.nbytes:
+            raise CheckpointError(self.path, "more bytes written than the header says", name)
+        self._pwrite(data, self._offset[name] + cursor)
+        self._cursor[name] = cursor + len(data)
+
+    def __enter__(self) -> SafetensorsWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        os.close(self._fd)
+        if exc_type is not None:
+            self.tmp.unlink(missing_ok=True)
+            return
+        for name, spec in self.specs.items():
+            if self._cursor[name] != spec.nbytes:
+                self.tmp.unlink(missing_ok=True)
+                raise CheckpointError(
+                    self.path, f"incomplete: {self._cursor[name]} of {spec.nbytes} bytes", name
+                )
+        self.sha256 = file_sha256(self.tmp)
+        os.replace(self.tmp, self.path)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON to ``path`` via a temporary file and a rename."""
+    tmp = temp_path(path)
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def copy_atomic(src: Path, dst: Path) -> None:
+    """Copy a file's bytes (not its links) to ``dst`` via a temporary file and a rename."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(dst)
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def file_sha256(path: Path, chunk: int = 1 << 24) -> str:
+    """The sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

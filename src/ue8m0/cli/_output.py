@@ -1,0 +1,136 @@
+"""Output helpers shared by the checkpoint commands: progress bars, tables, JSON, options."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import click
+
+from ue8m0.checkpoint.runner import Progress
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def output_options(func: F) -> F:
+    """``--quiet`` and ``--json``."""
+    func = click.option(
+        "--json", "as_json", is_flag=True, help="Print a JSON summary on stdout (and nothing else)."
+    )(func)
+    func = click.option(
+        "-q", "--quiet", is_flag=True, help="No progress bars and no summary, only errors."
+    )(func)
+    return func
+
+
+class BarProgress(Progress):
+    """A bar for the whole run and one per shard in flight, bytes/s and ETA (tqdm)."""
+
+    def __init__(self) -> None:
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self._run: Any = None
+        self._bars: dict[str, Any] = {}
+
+    def start(self, total_bytes: int, shards: int) -> None:
+        self._run = self._tqdm(
+            total=total_bytes,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=f"{shards} shards",
+            position=0,
+            dynamic_ncols=True,
+        )
+
+    def shard_start(self, shard: str, nbytes: int) -> None:
+        self._bars[shard] = self._tqdm(
+            total=nbytes,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=shard,
+            leave=False,
+            position=len(self._bars) + 1,
+            dynamic_ncols=True,
+        )
+
+    def advance(self, shard: str, nbytes: int) -> None:
+        if self._run is not None:
+            self._run.update(nbytes)
+        bar = self._bars.get(shard)
+        if bar is not None:
+            bar.update(nbytes)
+
+    def shard_done(self, shard: str) -> None:
+        bar = self._bars.pop(shard, None)
+        if bar is not None:
+            bar.close()
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
+        self._bars.clear()
+        if self._run is not None:
+            self._run.close()
+
+
+def make_progress(quiet: bool, as_json: bool) -> Progress:
+    """Bars on an interactive terminal, nothing otherwise."""
+    if quiet or as_json or not sys.stderr.isatty():
+        return Progress()
+    return BarProgress()
+
+
+def echo_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A left-aligned text table with SCREAMING headers."""
+    cells = [[str(h).upper() for h in headers], *[[str(c) for c in r] for r in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells
+    )
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} TiB"  # pragma: no cover
+
+
+def plan_table(plan: Any) -> str:
+    """What ``--dry-run`` prints: one row per tensor, then the totals."""
+    rows = []
+    for shard in plan.shards:
+        for task in shard.tasks:
+            outs = ", ".join(f"{o.dtype}{list(o.shape)}" for o in task.outputs) or "-"
+            rows.append((task.name, task.action, outs, shard.name, task.reason))
+    lines = [table(("tensor", "action", "output", "shard", "reason"), rows), ""]
+    counts = plan.summary()["tensors"]
+    lines.append(
+        ", ".join(f"{n} {a}" for a, n in sorted(counts.items()))
+        + f"; {len(plan.shards)} shards; {human_bytes(plan.in_bytes)} in -> "
+        f"{human_bytes(plan.out_bytes)} out"
+    )
+    lines.extend(f"note: {n}" for n in plan.notes)
+    return "\n".join(lines)
+
+
+def run_summary_line(summary: dict[str, Any], dst: Any) -> str:
+    counts = summary["tensors"]
+    done = ", ".join(f"{n} {a}" for a, n in sorted(counts.items()))
+    resumed = f", {summary['shards_resumed']} resumed" if summary["shards_resumed"] else ""
+    return (
+        f"{dst}: {done}; {summary['shards_written']} shards written{resumed}; "
+        f"{human_bytes(summary['bytes_in'])} -> {human_bytes(summary['bytes_out'])} in "
+        f"{summary['seconds']:.1f} s ({summary['input_gb_per_s']:.2f} GB/s), "
+        f"peak RSS {summary['peak_rss_mb']:.0f} MB"
+    )

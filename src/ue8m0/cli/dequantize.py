@@ -1,0 +1,72 @@
+"""``ue8m0 dequantize SRC DST``: any FP8 block checkpoint -> BF16 (or F32)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ue8m0.cli._output import (
+    echo_json,
+    make_progress,
+    output_options,
+    plan_table,
+    run_summary_line,
+)
+
+EXAMPLES = """
+\b
+Examples:
+  ue8m0 dequantize ./DeepSeek-V3.1 ./DeepSeek-V3.1-BF16 --workers 8
+  ue8m0 dequantize ./Qwen3-4B-FP8 ./Qwen3-4B-BF16 --dry-run
+  ue8m0 dequantize SRC DST --dtype f32 --json
+
+\b
+Reads F8_E4M3/F8_E5M2 weights with scales named weight_scale_inv (DeepSeek), weight_scale
+(compressed-tensors) or scale (DeepSeek-V4), stored as F32, BF16, F16, U8 (biased exponent) or
+F8_E8M0, in any shard; partial blocks and 3-D experts. Exact for power-of-two scales.
+Removes quantization_config, writes format: pt metadata and a recomputed total_size.
+"""
+
+
+@click.command(epilog=EXAMPLES)
+@click.argument("src", type=click.Path(exists=True, path_type=Path))
+@click.argument("dst", type=click.Path(path_type=Path))
+@click.option(
+    "--dtype",
+    type=click.Choice(["bf16", "f32"]),
+    default="bf16",
+    show_default=True,
+    help="Output dtype of the dequantized weights.",
+)
+@click.option("--dry-run", is_flag=True, help="Print the plan (tensors, bytes, shards) only.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes over shards.",
+)
+@output_options
+def dequantize(
+    src: Path, dst: Path, dtype: str, dry_run: bool, workers: int, quiet: bool, as_json: bool
+) -> None:
+    """Dequantize an FP8 block-scaled checkpoint to a plain BF16 checkpoint."""
+    from ue8m0.checkpoint.plan import plan_dequantize
+    from ue8m0.checkpoint.runner import run_plan
+    from ue8m0.checkpoint.source import check_destination, open_checkpoint
+
+    ckpt = open_checkpoint(src)
+    check_destination(src, dst)
+    plan = plan_dequantize(ckpt, dtype)
+    if dry_run:
+        if as_json:
+            echo_json(plan.summary())
+        elif not quiet:
+            click.echo(plan_table(plan))
+        return
+    result = run_plan(ckpt, plan, dst, workers, make_progress(quiet, as_json))
+    if as_json:
+        echo_json({**result.summary(), "dst": str(dst)})
+    elif not quiet:
+        click.echo(run_summary_line(result.summary(), dst))
