@@ -34,7 +34,7 @@ from ue8m0.formats import (
     ScaleFormat,
     element_format,
 )
-from ue8m0.policies import NonFinite, ScaleRule
+from ue8m0.policies import NonFinite, ScaleRule, ScaleSearch
 
 __version__ = "0.1.0.dev0"
 
@@ -60,6 +60,7 @@ __all__ = [
     "QuantizedTensor",
     "ScaleFormat",
     "ScaleRule",
+    "ScaleSearch",
     "Ue8m0Error",
     "dequantize",
     "element_format",

@@ -13,7 +13,8 @@ from ue8m0 import reference
 from ue8m0.blocks import BlockLike, parse_block, scale_grid, to_numpy
 from ue8m0.errors import FormatNameError, InputError
 from ue8m0.formats import ElementFormat, element_format
-from ue8m0.policies import NonFinite, ScaleRule
+from ue8m0.policies import NonFinite, ScaleRule, ScaleSearch
+from ue8m0.search import refine_mse
 
 #: DeepSeek-V3.1 and DeepGEMM clamp amax to at least this before computing the scale
 DEFAULT_EPS = 1e-4
@@ -76,6 +77,7 @@ def quantize(
     eps: float = DEFAULT_EPS,
     nonfinite: str | NonFinite = "raise",
     *,
+    scale_search: str | ScaleSearch | None = None,
     backend: str = "auto",
     threads: int | None = None,
 ) -> QuantizedTensor:
@@ -92,6 +94,8 @@ def quantize(
             ``log2``, ``floor`` (OCP MX), ``ceil``, ``even`` (torchao), ``fp32``.
         eps: lower bound on each block's amax (DeepSeek and DeepGEMM use 1e-4; 0 disables).
         nonfinite: ``raise`` or ``propagate`` (:class:`~ue8m0.policies.NonFinite`).
+        scale_search: ``none`` or ``mse``: per block, take the exponent below the rule's when
+            that gives a smaller squared error (:class:`~ue8m0.policies.ScaleSearch`).
         backend: ``auto``/``fast`` use compiled kernels where available, ``reference`` the
             numpy oracle.
         threads: worker threads of the fast kernels (default: ``UE8M0_NUM_THREADS`` or all).
@@ -110,9 +114,15 @@ def quantize(
     eps_ = _check_eps(eps)
     backend = _check_backend(backend)
     arr = to_numpy(x)
+    search = ScaleSearch.parse(scale_search)
+    if search is ScaleSearch.MSE and not rule.is_power_of_two:
+        raise FormatNameError("scale_search='mse' needs a power-of-two scale rule, not 'fp32'")
     codes, scale, scale_codes = _dispatch_quantize(
         arr, block_, fmt_, rule, eps_, policy, backend, threads
     )
+    if search is ScaleSearch.MSE:
+        assert scale_codes is not None
+        codes, scale, scale_codes = refine_mse(arr, block_, fmt_, codes, scale_codes)
     return QuantizedTensor(codes.view(fmt_.dtype), scale, scale_codes, fmt_, block_, rule)
 
 

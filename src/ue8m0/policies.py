@@ -74,6 +74,23 @@ class ScaleRule(enum.Enum):
         return _parse(cls, value, "scale rule")
 
 
+class ScaleSearch(enum.Enum):
+    """Whether to refine each block's power-of-two scale after the rule has chosen it."""
+
+    NONE = "none"
+    """Keep the rule's scale."""
+
+    MSE = "mse"
+    """Per block, ``b' = argmin over {b, b - 1} of sum((dequant_b'(x) - x)**2)`` (ties keep
+    ``b``; elements above ``m`` under ``b - 1`` saturate). Never worse than the rule, block by
+    block; deterministic. Power-of-two rules only."""
+
+    @classmethod
+    def parse(cls, value: str | ScaleSearch | None) -> ScaleSearch:
+        """The search for a name (case-insensitive; None means ``none``)."""
+        return cls.NONE if value is None else _parse(cls, value, "scale search")
+
+
 class NonFinite(enum.Enum):
     """What quantize does with NaN or Inf in a block."""
 
