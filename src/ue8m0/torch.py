@@ -63,14 +63,16 @@ def fake_quantize_activations(x: torch.Tensor, recipe: str | Recipe) -> torch.Te
     block = activation_block(r)
     k = x.shape[-1]
     x2 = x.detach().reshape(-1, k).float()
+    if x2.numel() == 0:
+        return x.float()
     fp8 = _torch_fp8(r.fmt)
-    if fp8 is None or x2.numel() == 0 or not bool(torch.isfinite(x2).all()):
-        q = _quantize(x2.cpu().numpy(), block, r.fmt, r.scale_rule, r.eps)
-        return torch.from_numpy(dequantize(q)).to(x.device).reshape(x.shape)
     bc = block[1]
     nb = -(-k // bc)
     padded = F.pad(x2, (0, nb * bc - k)).reshape(-1, nb, bc)
-    amax = padded.abs().amax(dim=-1).cpu().numpy()
+    amax = padded.abs().amax(dim=-1).cpu().numpy()  # NaN or Inf here iff the block has one
+    if fp8 is None or not np.isfinite(amax).all():
+        q = _quantize(x2.cpu().numpy(), block, r.fmt, r.scale_rule, r.eps)
+        return torch.from_numpy(dequantize(q)).to(x.device).reshape(x.shape)
     scale_np, mult_np = _block_scales(amax, r.fmt, r.scale_rule, r.eps)
     scale = torch.from_numpy(scale_np).to(x.device).unsqueeze(-1)
     mult = torch.from_numpy(mult_np).to(x.device).unsqueeze(-1)
