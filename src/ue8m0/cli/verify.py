@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -47,4 +48,4 @@ def verify(ckpt: Path, against: Path | None, quiet: bool, as_json: bool) -> None
                 click.echo(f"  FAIL {c.name}: {line}")
         click.echo(f"{ckpt}: {'all checks passed' if report.passed else 'FAILED'}")
     if not report.passed:
-        raise click.exceptions.Exit(1)
+        sys.exit(1)  # click's Exit is swallowed under standalone_mode=False

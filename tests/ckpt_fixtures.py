@@ -1,0 +1,86 @@
+"""Small synthetic safetensors checkpoints for the checkpoint tests (built in tmp_path)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from ue8m0.cli.main import main
+
+BF16 = ml_dtypes.bfloat16
+
+
+def save(
+    path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None
+) -> None:
+    """Write with the safetensors library itself (our reader must read what it writes)."""
+    from safetensors.numpy import save_file
+
+    save_file(tensors, str(path), metadata=metadata or {"format": "pt"})
+
+
+def write_checkpoint(
+    root: Path,
+    shards: dict[str, dict[str, np.ndarray]],
+    config: dict[str, Any] | None = None,
+    index: bool = True,
+) -> Path:
+    """A checkpoint directory: shards, an index (with total_size), config and a tokenizer file."""
+    root.mkdir(parents=True, exist_ok=True)
+    weight_map = {}
+    total = 0
+    for shard, tensors in shards.items():
+        save(root / shard, tensors)
+        for name, arr in tensors.items():
+            weight_map[name] = shard
+            total += arr.nbytes
+    if index:
+        (root / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
+        )
+    (root / "config.json").write_text(json.dumps(config or {"model_type": "llama"}))
+    (root / "tokenizer.json").write_text('{"version": "1.0"}')
+    (root / "modeling_custom.py").write_text("# custom code\n")
+    return root
+
+
+def synthetic_tensors(seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+    """Two shards: dense linears, a partial-block weight, 3-D experts, norms, an embedding."""
+    rng = np.random.default_rng(seed)
+
+    def w(*shape: int, scale: float = 0.02) -> np.ndarray:
+        return (rng.standard_normal(shape) * scale).astype(BF16)
+
+    return {
+        "model-00001-of-00002.safetensors": {
+            "model.embed_tokens.weight": w(64, 256),
+            "model.layers.0.self_attn.q_proj.weight": w(256, 256),
+            "model.layers.0.self_attn.kv_a_proj_with_mqa.weight": w(192, 256, scale=3.0),
+            "model.layers.0.input_layernorm.weight": np.ones(256, BF16),
+            "model.layers.0.mlp.gate.weight": w(4, 256),
+        },
+        "model-00002-of-00002.safetensors": {
+            "model.layers.0.mlp.experts.down_proj": w(4, 256, 128),
+            "model.layers.0.mlp.experts.gate_up.weight": w(3, 256, 384, scale=10.0),
+            "model.layers.0.mlp.down_proj.weight": w(128, 384),
+            "model.layers.0.mlp.down_proj.bias": w(128),
+            "model.norm.weight": np.ones(256, BF16),
+            "lm_head.weight": w(64, 256),
+        },
+    }
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run ``ue8m0 ARGS`` in-process: (exit code, stdout, stderr)."""
+    code = 0
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
