@@ -179,15 +179,23 @@ def chip_from_dict(raw: dict[str, Any], origin: str = "builtin") -> Chip:
         raise PlanError(f"{origin}: a chip needs a key")
     where = f"{origin}: chip {key!r}"
     kwargs: dict[str, Any] = {"key": key, "origin": origin}
-    for name in ("name", "vendor", "arch", "form_factor", "year", "confidence", "scaleup_tech",
-                 "notes"):
+    for name in (
+        "name",
+        "vendor",
+        "arch",
+        "form_factor",
+        "year",
+        "confidence",
+        "scaleup_tech",
+        "notes",
+    ):
         kwargs[name] = str(raw.get(name, key if name == "name" else ""))
     kwargs["aliases"] = tuple(str(a).lower() for a in raw.get("aliases", ()))
     if raw.get("scaleup_domain") is not None:
         kwargs["scaleup_domain"] = int(raw["scaleup_domain"])
     for name, enum_cls in (("fp8_math", Fp8Math), ("block_scale_math", BlockScaleMath)):
         if name not in raw:
-            raise PlanError(f"{where}: {name} is required (use value = \"unknown\" if unknown)")
+            raise PlanError(f'{where}: {name} is required (use value = "unknown" if unknown)')
         sourced = _sourced(raw[name], f"{where}.{name}")
         try:
             enum_cls(sourced.value)

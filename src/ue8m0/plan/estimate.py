@@ -89,9 +89,14 @@ class OpCost:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""
-        return {"op": self.name, "flops": self.flops, "bytes": self.bytes,
-                "intensity_flop_per_byte": self.intensity, "time_s": self.time_s,
-                "bound": self.bound}
+        return {
+            "op": self.name,
+            "flops": self.flops,
+            "bytes": self.bytes,
+            "intensity_flop_per_byte": self.intensity,
+            "time_s": self.time_s,
+            "bound": self.bound,
+        }
 
 
 @dataclass(frozen=True)
@@ -178,22 +183,34 @@ class Estimate:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (bytes in bytes, times in seconds)."""
         return {
-            "chip": self.chip.key, "chip_name": self.chip.name, "format": self.fmt.name,
-            "compute": self.path.label, "peak_tflops": self.path.peak_tflops,
+            "chip": self.chip.key,
+            "chip_name": self.chip.name,
+            "format": self.fmt.name,
+            "compute": self.path.label,
+            "peak_tflops": self.path.peak_tflops,
             "capability_class": self.chip.capability_class,
-            "batch": self.workload.batch, "context": self.workload.context,
-            "num_chips": self.num_chips, "min_chips": self.min_chips, "fits": self.fits,
-            "weight_bytes": self.weight_bytes, "kv_bytes": self.kv_bytes,
+            "batch": self.workload.batch,
+            "context": self.workload.context,
+            "num_chips": self.num_chips,
+            "min_chips": self.min_chips,
+            "fits": self.fits,
+            "weight_bytes": self.weight_bytes,
+            "kv_bytes": self.kv_bytes,
             "usable_bytes_per_chip": self.usable_bytes_per_chip,
-            "prefill_s": self.prefill_s, "prefill_tok_s_per_chip": self.prefill_tok_s_per_chip,
-            "decode_tok_s": self.decode_tok_s, "decode_tok_s_per_chip": self.decode_tok_s_per_chip,
+            "prefill_s": self.prefill_s,
+            "prefill_tok_s_per_chip": self.prefill_tok_s_per_chip,
+            "decode_tok_s": self.decode_tok_s,
+            "decode_tok_s_per_chip": self.decode_tok_s_per_chip,
             "decode_tok_s_per_seq": self.decode_tok_s_per_seq,
             "decode_bottleneck": None if self.decode is None else self.decode.bottleneck,
             "prefill_tp_comm_s": None if self.prefill is None else self.prefill.comm_s,
             "decode_tp_comm_s": None if self.decode is None else self.decode.comm_s,
-            "prefill_ops": None if self.prefill is None else [o.to_dict() for o in self.prefill.ops],
+            "prefill_ops": None
+            if self.prefill is None
+            else [o.to_dict() for o in self.prefill.ops],
             "decode_ops": None if self.decode is None else [o.to_dict() for o in self.decode.ops],
-            "notes": list(self.notes), "upper_bound": True,
+            "notes": list(self.notes),
+            "upper_bound": True,
         }
 
 
@@ -203,13 +220,23 @@ def weight_bytes(model: ModelSpec, fmt: WeightFormat, *roles: Role) -> int:
     for w in model.weights:
         if roles and w.role not in roles:
             continue
-        total += (fmt.weight_bytes(w.rows, w.cols) if w.role.quantizable else 2 * w.rows * w.cols
-                  ) * w.count
+        total += (
+            fmt.weight_bytes(w.rows, w.cols) if w.role.quantizable else 2 * w.rows * w.cols
+        ) * w.count
     return total
 
 
-def _phase(model: ModelSpec, chip: Chip, fmt: WeightFormat, path: ComputePath, n: int,
-           tokens: int, attn_flops: float, kv_bytes: float, kv_format: str) -> Phase:
+def _phase(
+    model: ModelSpec,
+    chip: Chip,
+    fmt: WeightFormat,
+    path: ComputePath,
+    n: int,
+    tokens: int,
+    attn_flops: float,
+    kv_bytes: float,
+    kv_format: str,
+) -> Phase:
     """One phase with ``tokens`` tokens through the weights on ``n`` chips."""
     bw = n * (chip.number("mem_bw_tbs") or math.nan) * 1e12
     gemm_peak = None if path.peak_tflops is None else n * path.peak_tflops * 1e12
@@ -217,13 +244,26 @@ def _phase(model: ModelSpec, chip: Chip, fmt: WeightFormat, path: ComputePath, n
     attn_tflops = chip.number(attn_compute.value)
     attn_peak = None if attn_tflops is None else n * attn_tflops * 1e12
     dense_params = model.params(Role.ATTENTION, Role.FFN, Role.HEAD, Role.ROUTER)
-    ops = [OpCost("dense", 2.0 * dense_params * tokens,
-                  weight_bytes(model, fmt, *_DENSE_ROLES), gemm_peak, bw)]
+    ops = [
+        OpCost(
+            "dense",
+            2.0 * dense_params * tokens,
+            weight_bytes(model, fmt, *_DENSE_ROLES),
+            gemm_peak,
+            bw,
+        )
+    ]
     if model.is_moe:
         touched = model.experts_touched(tokens) / model.experts
-        ops.append(OpCost(
-            "experts", 2.0 * tokens * model.expert_params * model.experts_per_token / model.experts,
-            touched * weight_bytes(model, fmt, Role.EXPERT), gemm_peak, bw))
+        ops.append(
+            OpCost(
+                "experts",
+                2.0 * tokens * model.expert_params * model.experts_per_token / model.experts,
+                touched * weight_bytes(model, fmt, Role.EXPERT),
+                gemm_peak,
+                bw,
+            )
+        )
     ops.append(OpCost("attention", attn_flops, kv_bytes, attn_peak, bw))
     comm_s = None
     link = chip.number("scaleup_gbs")
@@ -255,8 +295,7 @@ def estimate(model: ModelSpec, chip: Chip, fmt: WeightFormat, workload: Workload
     elif n is None:
         n_eff = None
     elif min_chips is not None and n < min_chips:
-        notes.append(f"does not fit on {n} chips: needs {min_chips} (weights + KV + reserve)")
-        n_eff = None
+        n_eff = None  # does not fit: fits is False, min_chips says how many it needs
     else:
         n_eff = n
     prefill = decode = None
@@ -264,33 +303,75 @@ def estimate(model: ModelSpec, chip: Chip, fmt: WeightFormat, workload: Workload
         if n_eff > 1 and chip.number("scaleup_gbs") is None:
             notes.append("scale-up bandwidth not published: communication not modelled")
         if path.peak_tflops is None:
-            notes.append(f"{path.compute.name} peak not published: no prefill estimate; decode "
-                         "bounded by bandwidth only")
+            notes.append(
+                f"{path.compute.name} peak not published: no prefill estimate; decode "
+                "bounded by bandwidth only"
+            )
         else:
             t = wl.context
-            prefill = _phase(model, chip, fmt, path, n_eff, t,
-                             model.attention_flops(1, absorbed=False) * t * (t + 1) / 2,
-                             float(t * kv_per_token), wl.kv_format)
-        decode = _phase(model, chip, fmt, path, n_eff, wl.batch,
-                        wl.batch * model.attention_flops(wl.context, absorbed=True), kv_total,
-                        wl.kv_format)
+            prefill = _phase(
+                model,
+                chip,
+                fmt,
+                path,
+                n_eff,
+                t,
+                model.attention_flops(1, absorbed=False) * t * (t + 1) / 2,
+                float(t * kv_per_token),
+                wl.kv_format,
+            )
+        decode = _phase(
+            model,
+            chip,
+            fmt,
+            path,
+            n_eff,
+            wl.batch,
+            wl.batch * model.attention_flops(wl.context, absorbed=True),
+            kv_total,
+            wl.kv_format,
+        )
         if prefill is not None and any(op.peak is None for op in prefill.ops):
             notes.append("BF16 peak not published: attention compute not bounded")
         for phase, what in ((prefill, "prefill"), (decode, "decode")):
-            if phase is not None and phase.comm_bound:
-                notes.append(f"{what}: tensor-parallel all-reduces ({phase.comm_s * 1e3:.3g} ms) "
-                             f"would exceed the compute/memory time on {n_eff} chips")
-    return Estimate(model, chip, fmt, path, wl, n, wbytes, kv_total, usable, min_chips,
-                    prefill, decode, tuple(notes))
+            if phase is not None and phase.comm_s is not None and phase.comm_bound:
+                notes.append(
+                    f"{what}: tensor-parallel all-reduces ({phase.comm_s * 1e3:.3g} ms) "
+                    f"would exceed the compute/memory time on {n_eff} chips"
+                )
+    return Estimate(
+        model,
+        chip,
+        fmt,
+        path,
+        wl,
+        n,
+        wbytes,
+        kv_total,
+        usable,
+        min_chips,
+        prefill,
+        decode,
+        tuple(notes),
+    )
 
 
-def plan(model: ModelSpec, chips: list[Chip], formats: list[WeightFormat], batches: list[int],
-         context: int, num_chips: int | None = None, reserve: float = 0.10,
-         kv_format: str = "bf16") -> list[Estimate]:
+def plan(
+    model: ModelSpec,
+    chips: list[Chip],
+    formats: list[WeightFormat],
+    batches: list[int],
+    context: int,
+    num_chips: int | None = None,
+    reserve: float = 0.10,
+    kv_format: str = "bf16",
+) -> list[Estimate]:
     """Estimates for every chip × format × batch, in that order."""
     return [
         estimate(model, chip, fmt, Workload(b, context, num_chips, reserve, kv_format))
-        for chip in chips for fmt in formats for b in batches
+        for chip in chips
+        for fmt in formats
+        for b in batches
     ]
 
 
@@ -299,10 +380,14 @@ def model_summary(model: ModelSpec) -> dict[str, Any]:
     from ue8m0.plan.precision import FORMATS
 
     return {
-        "name": model.name, "total_params": model.total_params,
-        "active_params": model.active_params, "mtp_params": model.mtp_params,
-        "attention": model.attention.value, "layers": model.layers,
-        "moe_layers": model.moe_layers, "experts": model.experts,
+        "name": model.name,
+        "total_params": model.total_params,
+        "active_params": model.active_params,
+        "mtp_params": model.mtp_params,
+        "attention": model.attention.value,
+        "layers": model.layers,
+        "moe_layers": model.moe_layers,
+        "experts": model.experts,
         "experts_per_token": model.experts_per_token,
         "kv_bytes_per_token": {k: model.kv_bytes_per_token(k) for k in ("bf16", "fp8")},
         "weight_bytes": {name: weight_bytes(model, f) for name, f in FORMATS.items()},

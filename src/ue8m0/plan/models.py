@@ -178,8 +178,10 @@ class ModelSpec:
         ``2 · L · n_q · (qk_head_dim + v_head_dim) · ctx``.
         """
         if self.attention is Attention.MLA:
-            width = 2 * self.kv_lora_rank + self.rope_dim if absorbed else (
-                self.head_dim + self.v_head_dim
+            width = (
+                2 * self.kv_lora_rank + self.rope_dim
+                if absorbed
+                else (self.head_dim + self.v_head_dim)
             )
             return 2.0 * self.layers * self.q_heads * width * context
         return 4.0 * self.layers * self.q_heads * self.head_dim * context
@@ -203,10 +205,16 @@ class ModelSpec:
         n_moe = len(moe_layer_ids)
 
         def layer_weights(moe_count: int, dense_count: int) -> list[Weight]:
-            out = [Weight(n, r, c, k * (moe_count + dense_count), Role.ATTENTION)
-                   for n, r, c, k in attn if n != "attn_norms"]
-            out += [Weight(n, r, c, k * (moe_count + dense_count), Role.NORM)
-                    for n, r, c, k in attn if n == "attn_norms"]
+            out = [
+                Weight(n, r, c, k * (moe_count + dense_count), Role.ATTENTION)
+                for n, r, c, k in attn
+                if n != "attn_norms"
+            ]
+            out += [
+                Weight(n, r, c, k * (moe_count + dense_count), Role.NORM)
+                for n, r, c, k in attn
+                if n == "attn_norms"
+            ]
             out.append(Weight("layer_norms", 1, h, 2 * (moe_count + dense_count), Role.NORM))
             if dense_count and ffn:
                 out += _mlp("mlp", h, ffn, dense_count, Role.FFN)
@@ -238,13 +246,23 @@ class ModelSpec:
                 Weight("mtp_norms", 1, h, 3 * n_mtp, Role.NORM),
             ]
         return cls(
-            name=name, hidden=h, layers=layers, vocab=vocab,
+            name=name,
+            hidden=h,
+            layers=layers,
+            vocab=vocab,
             attention=Attention.MLA if mla else Attention.GQA,
-            q_heads=nq, kv_heads=nkv, head_dim=hd, v_head_dim=vhd,
-            kv_lora_rank=kv_lora, rope_dim=rope, moe_layers=n_moe, experts=n_experts,
+            q_heads=nq,
+            kv_heads=nkv,
+            head_dim=hd,
+            v_head_dim=vhd,
+            kv_lora_rank=kv_lora,
+            rope_dim=rope,
+            moe_layers=n_moe,
+            experts=n_experts,
             experts_per_token=top_k,
             max_context=int(config.get("max_position_embeddings") or 0),
-            weights=tuple(w for w in weights if w.params), mtp_weights=tuple(mtp),
+            weights=tuple(w for w in weights if w.params),
+            mtp_weights=tuple(mtp),
         )
 
 
@@ -253,8 +271,10 @@ _Shape = tuple[str, int, int, int]  # name, rows, cols, count per layer
 
 def _mlp(name: str, h: int, ffn: int, count: int, role: Role) -> list[Weight]:
     """SwiGLU MLP: gate and up ``(ffn, h)``, down ``(h, ffn)``."""
-    return [Weight(f"{name}.gate_up", ffn, h, 2 * count, role),
-            Weight(f"{name}.down", h, ffn, count, role)]
+    return [
+        Weight(f"{name}.gate_up", ffn, h, 2 * count, role),
+        Weight(f"{name}.down", h, ffn, count, role),
+    ]
 
 
 def _attention(
@@ -269,18 +289,27 @@ def _attention(
         q_lora = int(config.get("q_lora_rank") or 0)
         shapes: list[_Shape] = []
         if q_lora:
-            shapes += [("q_a_proj", q_lora, h, 1), ("q_b_proj", nq * (nope + rope), q_lora, 1),
-                       ("attn_norms", 1, q_lora, 1)]
+            shapes += [
+                ("q_a_proj", q_lora, h, 1),
+                ("q_b_proj", nq * (nope + rope), q_lora, 1),
+                ("attn_norms", 1, q_lora, 1),
+            ]
         else:
             shapes.append(("q_proj", nq * (nope + rope), h, 1))
-        shapes += [("kv_a_proj_with_mqa", kv_lora + rope, h, 1),
-                   ("attn_norms", 1, kv_lora, 1),
-                   ("kv_b_proj", nq * (nope + v), kv_lora, 1),
-                   ("o_proj", h, nq * v, 1)]
+        shapes += [
+            ("kv_a_proj_with_mqa", kv_lora + rope, h, 1),
+            ("attn_norms", 1, kv_lora, 1),
+            ("kv_b_proj", nq * (nope + v), kv_lora, 1),
+            ("o_proj", h, nq * v, 1),
+        ]
         return shapes, kv_lora, rope, nope + rope, v
     hd = int(config.get("head_dim") or h // nq)
-    shapes = [("q_proj", nq * hd, h, 1), ("k_proj", nkv * hd, h, 1), ("v_proj", nkv * hd, h, 1),
-              ("o_proj", h, nq * hd, 1)]
+    shapes = [
+        ("q_proj", nq * hd, h, 1),
+        ("k_proj", nkv * hd, h, 1),
+        ("v_proj", nkv * hd, h, 1),
+        ("o_proj", h, nq * hd, 1),
+    ]
     bias = config.get("attention_bias", model_type in ("qwen2", "qwen2_moe"))
     if bias:
         shapes.append(("attn_norms", 1, (nq + 2 * nkv) * hd, 1))  # q, k, v biases
@@ -292,8 +321,12 @@ def _attention(
 def _moe(config: dict[str, Any], layers: int) -> tuple[int, int, int, int, int, list[int]]:
     """(dense ffn, expert ffn, routed experts, top-k, shared ffn width, MoE layer ids)."""
     ffn = int(config.get("intermediate_size") or 0)
-    n_experts = int(config.get("n_routed_experts") or config.get("num_experts")
-                    or config.get("num_local_experts") or 0)
+    n_experts = int(
+        config.get("n_routed_experts")
+        or config.get("num_experts")
+        or config.get("num_local_experts")
+        or 0
+    )
     if not n_experts:
         return ffn, 0, 0, 0, 0, []
     expert_ffn = int(config.get("moe_intermediate_size") or ffn)

@@ -61,12 +61,19 @@ FORMATS: dict[str, WeightFormat] = {
     f.name: f
     for f in (
         WeightFormat("bf16", "BF16", 16, None, 0, Compute.BF16),
-        WeightFormat("fp8", "FP8 E4M3, UE8M0 scale per 128x128 (DeepSeek-V3.1)", 8, (128, 128), 1,
-                     Compute.FP8),
+        WeightFormat(
+            "fp8",
+            "FP8 E4M3, UE8M0 scale per 128x128 (DeepSeek-V3.1)",
+            8,
+            (128, 128),
+            1,
+            Compute.FP8,
+        ),
         WeightFormat("mxfp8", "MXFP8 E4M3, UE8M0 scale per 1x32", 8, (1, 32), 1, Compute.FP8),
         WeightFormat("mxfp4", "MXFP4 E2M1, UE8M0 scale per 1x32", 4, (1, 32), 1, Compute.FP4),
-        WeightFormat("int8", "INT8 W8A8, FP32 scale per output channel", 8, (1, -1), 4,
-                     Compute.INT8),
+        WeightFormat(
+            "int8", "INT8 W8A8, FP32 scale per output channel", 8, (1, -1), 4, Compute.INT8
+        ),
     )
 }
 
@@ -110,8 +117,9 @@ def _fp8_flags(chip: Chip, fmt: WeightFormat) -> list[str]:
         flags.append("UE8M0 block scales consumed by the MMA (MX)")
     else:
         where = "unknown" if chip.block_scale is BlockScaleMath.UNKNOWN else "none"
-        flags.append(f"block-scale MMA {where}: {fmt.name} scales applied in software "
-                     "(kernel-dependent)")
+        flags.append(
+            f"block-scale MMA {where}: {fmt.name} scales applied in software (kernel-dependent)"
+        )
     return flags
 
 
@@ -131,21 +139,36 @@ def compute_path(chip: Chip, fmt: WeightFormat) -> ComputePath:
     fp8_native = chip.fp8.native
     if fmt.wants is Compute.FP8:
         if fp8_native:
-            return ComputePath(Compute.FP8, chip.number("fp8_tflops"), False,
-                               tuple(_fp8_flags(chip, fmt)))
+            return ComputePath(
+                Compute.FP8, chip.number("fp8_tflops"), False, tuple(_fp8_flags(chip, fmt))
+            )
         why = "unknown (disputed or unpublished)" if chip.fp8 is Fp8Math.UNKNOWN else "no"
-        return ComputePath(Compute.BF16, bf16, True, (
-            f"{why} FP8 math: weight-only, FP8 dequantized to BF16 in the kernel "
-            "(bandwidth gain only; needs a W8A16 kernel)",))
+        return ComputePath(
+            Compute.BF16,
+            bf16,
+            True,
+            (
+                f"{why} FP8 math: weight-only, FP8 dequantized to BF16 in the kernel "
+                "(bandwidth gain only; needs a W8A16 kernel)",
+            ),
+        )
     if fmt.wants is Compute.FP4:
         fp4 = chip.number("fp4_tflops")
         if chip.block_scale is BlockScaleMath.MX and fp4 is not None:
             return ComputePath(Compute.FP4, fp4, False, ("MXFP4 MMA with UE8M0 scales",))
         if fp8_native:
-            return ComputePath(Compute.FP8, chip.number("fp8_tflops"), True, (
-                "no MXFP4 math: weight-only, FP4 dequantized to FP8 (W4A8 kernel)",))
-        return ComputePath(Compute.BF16, bf16, True, (
-            "no FP4 or FP8 math: weight-only, FP4 dequantized to BF16 (W4A16 kernel)",))
+            return ComputePath(
+                Compute.FP8,
+                chip.number("fp8_tflops"),
+                True,
+                ("no MXFP4 math: weight-only, FP4 dequantized to FP8 (W4A8 kernel)",),
+            )
+        return ComputePath(
+            Compute.BF16,
+            bf16,
+            True,
+            ("no FP4 or FP8 math: weight-only, FP4 dequantized to BF16 (W4A16 kernel)",),
+        )
     int8 = chip.number("int8_tops")
     if int8 is not None:
         return ComputePath(Compute.INT8, int8, False, ("INT8 W8A8: weights requantized from FP8",))
