@@ -49,7 +49,7 @@ def _expect_refused(
 ) -> str:
     before = _snapshot(src)
     dst = tmp_path / "dst"
-    code, out, err = run_cli(["quantize", src, dst, "-q", *extra], capsys)
+    code, _, err = run_cli(["quantize", src, dst, "-q", *extra], capsys)
     assert code != 0
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ue8m0: error: "), err

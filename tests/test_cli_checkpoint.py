@@ -1,0 +1,108 @@
+"""The checkpoint commands as a user runs them: help, demo, inspect, verify, JSON output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ckpt_fixtures import run_cli, synthetic_tensors, write_checkpoint
+from ue8m0.checkpoint.safetensors import SafetensorsFile
+
+
+@pytest.mark.parametrize("command", ["quantize", "dequantize", "verify", "inspect", "demo"])
+def test_help_shows_examples(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli([command, "--help"], capsys)
+    assert code == 0
+    assert "Examples:" in out and f"ue8m0 {command}" in out
+
+
+def test_quantize_help_says_loaders_differ_on_partial_blocks(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _, out, _ = run_cli(["quantize", "--help"], capsys)
+    assert "--pad-partial" in out and "transformers refuses" in out
+
+
+def test_demo_runs_the_pipeline_on_minilm(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(["demo", "--out", tmp_path, "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    for rule in ("rceil", "fp32"):
+        r = result["rules"][rule]
+        assert r["verify_passed"] and len(r["tensors"]) == 37
+        assert 0.02 < r["total"]["rel_frobenius"] < 0.03
+        assert (tmp_path / f"fp8-{rule}" / "model.safetensors.index.json").exists()
+        assert (tmp_path / f"fp8-{rule}-bf16" / "tokenizer.json").exists()
+    qc = json.loads((tmp_path / "fp8-rceil" / "config.json").read_text())["quantization_config"]
+    assert qc["scale_fmt"] == "ue8m0"
+    # the UE8M0 pipeline is exact through BF16: dequantized = fp8 * 2^k, no rounding
+    with (
+        SafetensorsFile(tmp_path / "fp8-rceil" / "model.safetensors") as q,
+        SafetensorsFile(tmp_path / "fp8-rceil-bf16" / "model.safetensors") as d,
+    ):
+        name = "encoder.layer.0.attention.self.query.weight"
+        w = q.get(name).astype(np.float32)
+        s = np.repeat(np.repeat(q.get(name + "_scale_inv"), 128, 0), 128, 1)
+        np.testing.assert_array_equal(d.get(name).astype(np.float32), w * s)
+
+
+def test_inspect_and_verify_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = write_checkpoint(tmp_path / "src", synthetic_tensors())
+    assert run_cli(["quantize", src, tmp_path / "q", "-q", "--scale-dtype", "e8m0"], capsys)[0] == 0
+    code, out, _ = run_cli(["inspect", tmp_path / "q", "--json"], capsys)
+    info = json.loads(out)
+    assert code == 0 and info["format"].startswith("DeepSeek FP8 block")
+    assert info["scale_stats"]["power_of_two_fraction"] == 1.0
+    assert info["by_role"]["fp8 weight"]["tensors"] == 3
+    assert info["scale_stats"]["dtypes"] == {"F8_E8M0": 3}
+    code, out, _ = run_cli(["inspect", src], capsys)
+    assert code == 0 and "high precision" in out
+    code, out, _ = run_cli(["verify", tmp_path / "q", "--against", src, "--json"], capsys)
+    report = json.loads(out)
+    assert code == 0 and report["passed"] and len(report["checks"]) == 8
+
+
+def test_verify_finds_broken_checkpoints(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = write_checkpoint(tmp_path / "src", synthetic_tensors())
+    q = tmp_path / "q"
+    assert run_cli(["quantize", src, q, "-q"], capsys)[0] == 0
+    # a wrong total_size, then a config that lost its quantization_config
+    index = json.loads((q / "model.safetensors.index.json").read_text())
+    index["metadata"]["total_size"] += 1
+    (q / "model.safetensors.index.json").write_text(json.dumps(index))
+    code, out, _ = run_cli(["verify", q, "--json"], capsys)
+    failed = {c["check"] for c in json.loads(out)["checks"] if not c["passed"]}
+    assert code == 1 and failed == {"index <-> shards complete and consistent"}
+    config = json.loads((q / "config.json").read_text())
+    del config["quantization_config"]
+    (q / "config.json").write_text(json.dumps(config))
+    code, out, _ = run_cli(["verify", q], capsys)
+    assert code == 1 and "FP8 tensors but no quantization_config" in out
+
+
+def test_verify_against_detects_wrong_values(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shards = synthetic_tensors()
+    src = write_checkpoint(tmp_path / "src", shards)
+    assert run_cli(["quantize", src, tmp_path / "q", "-q"], capsys)[0] == 0
+    other = synthetic_tensors(seed=1)
+    changed = write_checkpoint(
+        tmp_path / "src2",
+        {
+            k: {
+                n: (a if n != "model.layers.0.mlp.down_proj.weight" else other[k][n])
+                for n, a in v.items()
+            }
+            for k, v in shards.items()
+        },
+    )
+    code, out, _ = run_cli(["verify", tmp_path / "q", "--against", changed], capsys)
+    assert code == 1 and "model.layers.0.mlp.down_proj.weight" in out and "the bound" in out
