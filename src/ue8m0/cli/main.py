@@ -18,6 +18,7 @@ from ue8m0.cli.errors import exit_code_for, format_error
 #: subcommand name -> "module:attribute" of a click command, imported lazily
 COMMANDS: dict[str, str] = {
     "demo": "ue8m0.cli.demo:demo",
+    "eval": "ue8m0.cli.eval:eval_command",
     "quantize": "ue8m0.cli.quantize:quantize",
     "dequantize": "ue8m0.cli.dequantize:dequantize",
     "verify": "ue8m0.cli.verify:verify",

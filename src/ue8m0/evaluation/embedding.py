@@ -1,0 +1,49 @@
+"""Sentence embeddings (mean pooling, L2 normalised, as sentence-transformers does for MiniLM)
+and how close a quantized model's embeddings stay to the unquantized model's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ue8m0.metrics import rowwise_cosine, spearman
+
+
+def embed(model: Any, tokenizer: Any, sentences: list[str], batch_size: int = 32) -> np.ndarray:
+    """float64 unit embeddings, one row per sentence (attention-masked mean of the last layer)."""
+    import torch
+
+    rows = []
+    with torch.inference_mode():
+        for lo in range(0, len(sentences), batch_size):
+            batch = tokenizer(
+                sentences[lo : lo + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=256,
+                return_tensors="pt",
+            )
+            hidden = model(**batch).last_hidden_state.float()
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            rows.append(torch.nn.functional.normalize(pooled, dim=-1).double().numpy())
+    return np.concatenate(rows)
+
+
+def pairwise_similarities(emb: np.ndarray) -> np.ndarray:
+    """Cosine of every pair of rows (upper triangle, row-major), for unit rows."""
+    sims = emb @ emb.T
+    upper = np.triu_indices(len(emb), k=1)
+    return sims[upper]
+
+
+def embedding_metrics(reference: np.ndarray, quantized: np.ndarray) -> dict[str, float]:
+    """Mean and min cosine to the reference embeddings, and the Spearman correlation of all
+    pairwise similarities (does the quantized model rank sentence pairs the same way?)."""
+    cos = rowwise_cosine(reference, quantized)
+    return {
+        "cosine_mean": float(np.mean(cos)),
+        "cosine_min": float(np.min(cos)),
+        "spearman": spearman(pairwise_similarities(reference), pairwise_similarities(quantized)),
+    }
