@@ -34,6 +34,7 @@ from ue8m0.formats import (
     ScaleFormat,
     element_format,
 )
+from ue8m0.gemm import gemm
 from ue8m0.policies import NonFinite, ScaleRule, ScaleSearch
 
 __version__ = "0.1.0.dev0"
@@ -64,5 +65,6 @@ __all__ = [
     "Ue8m0Error",
     "dequantize",
     "element_format",
+    "gemm",
     "quantize",
 ]

@@ -1,0 +1,190 @@
+"""Emulate block-scaled FP8 GEMMs on CPU: ``C = A · Bᵀ`` from two :class:`QuantizedTensor`.
+
+``A`` is ``(M, K)`` (1×128 or 1×32 activation blocks), ``B`` is ``(N, K)`` (128×128 or 1×32
+weight blocks); any blocks whose K extents share a common K-block work. Three modes:
+
+``exact``
+    ``dequantize(A) @ dequantize(B).T`` in float64 (the reference; float64 output).
+``fp32``
+    What DeepGEMM does after promotion: per K-block the unscaled element products are summed
+    (exactly: float64 BLAS, see below), rounded once to float32, multiplied by the float32
+    ``scale_a * scale_b`` and added to a float32 accumulator.
+``limited``
+    A model of a tensor-core accumulator. Every ``mma_k`` elements of K the exact, scaled sum of
+    that group is added to an accumulator that is a float32 register keeping only
+    ``mantissa_bits`` of its 23 fraction bits (the rest cut off by ``rounding``); every
+    ``promote_every`` elements of K the accumulator is added to a float32 result and cleared.
+    With ``promote_every`` equal to the K-block, ``mma_k`` its default and ``mantissa_bits >= 23``
+    it is exactly ``fp32`` (tested).
+
+Model parameters and their sources:
+
+* ``mantissa_bits=13`` — DeepSeek-V3 Technical Report (arXiv:2412.19437, §3.3.2 "Increasing
+  Accumulation Precision"): "the accumulation precision of FP8 GEMM on NVIDIA H800 GPUs is
+  limited to retaining around 14 bits" — 13 fraction bits plus the implicit one. SageAttention2
+  (arXiv:2411.10958) measured the same accumulator as "FP22": 1 sign, 8 exponent, 13 mantissa
+  bits, for ``mma.f32.f8.f8.f32`` on Ada and Hopper.
+* ``promote_every=128`` — the same report: "setting N_C = 128 elements, equivalent to 4 WGMMAs,
+  represents the minimal accumulation interval that can significantly improve precision";
+  DeepGEMM's SM90 kernels promote once per 128-wide K-block. ``None`` never promotes (the whole
+  of K accumulated on the tensor core, the report's un-promoted baseline).
+* ``rounding="rtz"`` — Fasi, Higham, Mikaitis and Pranesh, "Numerical behavior of NVIDIA tensor
+  cores", PeerJ Comput. Sci. 7:e330 (2021): tensor-core accumulation truncates (rounds toward
+  zero). Measured on V100/T4/A100, assumed for Hopper FP8; ``"rne"`` is the alternative.
+* ``mma_k`` — elements per accumulator update; default the K-block (so the fp32 identity above
+  holds). 32 is one Hopper FP8 WGMMA instruction (``wgmma.m64nNk32``), a finer model.
+
+Exactness: the element products of one K-block are summed in float64 BLAS. For e4m3 (and the
+FP6/FP4 formats) a 128-element sum spans at most 43 bits, so it is exact in any order; e5m2 sums
+with extreme magnitudes may round in float64, far below the float32 rounding that follows.
+Speed: block-wise BLAS over K-blocks, vectorised over M×N; see ``bench/gemm_error_vs_k.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+
+from ue8m0.api import QuantizedTensor, dequantize
+from ue8m0.blocks import resolve_block
+from ue8m0.errors import FormatNameError, InputError, InputTypeError
+from ue8m0.formats import decode_table
+
+MODES = ("exact", "fp32", "limited")
+ROUNDINGS = ("rtz", "rne")
+
+#: DeepSeek-V3 report: "around 14 bits" retained = 13 fraction bits + the implicit one
+HOPPER_MANTISSA_BITS = 13
+#: DeepSeek-V3 report: promotion interval N_C = 128 elements of K
+HOPPER_PROMOTION_INTERVAL = 128
+
+
+def _operand(q: object, name: str) -> QuantizedTensor:
+    if not isinstance(q, QuantizedTensor):
+        raise InputTypeError(f"gemm: {name} must be a QuantizedTensor, got {type(q).__name__}")
+    if len(q.shape) != 2:
+        raise InputError(f"gemm: {name} must be 2-D, got shape {q.shape}")
+    return q
+
+
+def _values(q: QuantizedTensor) -> np.ndarray:
+    """The unscaled element values as float64 (exact)."""
+    return decode_table(q.fmt)[q.codes].astype(np.float64)
+
+
+def _row_scales(q: QuantizedTensor) -> np.ndarray:
+    """float32 scales with one row per tensor row: ``(rows, ceil(K / block_cols))``."""
+    br, _ = resolve_block(q.block, q.shape)
+    return np.ascontiguousarray(q.scale[np.arange(q.shape[0]) // br], dtype=np.float32)
+
+
+class _Operands:
+    """Element values and per-row scales of A and B, walked K-block by K-block."""
+
+    def __init__(self, a: QuantizedTensor, b: QuantizedTensor) -> None:
+        self.k = a.shape[1]
+        self.ka = resolve_block(a.block, a.shape)[1]
+        self.kb = resolve_block(b.block, b.shape)[1]
+        self.chunk = math.gcd(self.ka, self.kb)
+        self.av, self.bv = _values(a), _values(b)
+        self.sa, self.sb = _row_scales(a), _row_scales(b)
+
+    def blocks(self, k0: int, k1: int, step: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(exact unscaled dot, float32 scale_a * scale_b)`` per K-block in ``[k0, k1)``."""
+        for s0 in range(k0, k1, step):
+            s1 = min(s0 + step, k1)
+            dot = self.av[:, s0:s1] @ self.bv[:, s0:s1].T
+            scale = np.multiply.outer(self.sa[:, s0 // self.ka], self.sb[:, s0 // self.kb])
+            yield dot, scale
+
+
+def _cut(acc: np.ndarray, mantissa_bits: int, rounding: str) -> np.ndarray:
+    """Keep ``mantissa_bits`` fraction bits of float32 ``acc`` (in place)."""
+    drop = 23 - mantissa_bits
+    if drop <= 0:
+        return acc
+    bits = acc.view(np.uint32)
+    mask = np.uint32((0xFFFFFFFF << drop) & 0xFFFFFFFF)
+    if rounding == "rne":
+        finite = np.isfinite(acc)
+        bias = np.uint32((1 << (drop - 1)) - 1) + ((bits >> np.uint32(drop)) & np.uint32(1))
+        bits += np.where(finite, bias, np.uint32(0)).astype(np.uint32)
+    bits &= mask
+    return acc
+
+
+def gemm(
+    a: QuantizedTensor,
+    b: QuantizedTensor,
+    mode: str = "fp32",
+    *,
+    mantissa_bits: int = HOPPER_MANTISSA_BITS,
+    promote_every: int | None = HOPPER_PROMOTION_INTERVAL,
+    mma_k: int | None = None,
+    rounding: str = "rtz",
+) -> np.ndarray:
+    """``C = A · Bᵀ`` for quantized ``A (M, K)`` and ``B (N, K)``; see the module docs.
+
+    Args:
+        a, b: :class:`QuantizedTensor` operands with the same K.
+        mode: ``exact`` (float64 result), ``fp32`` or ``limited`` (float32 results).
+        mantissa_bits: ``limited``: fraction bits the accumulator keeps (1..23; more is 23).
+        promote_every: ``limited``: elements of K between promotions to float32 (a multiple of
+            ``mma_k``); ``None`` never promotes.
+        mma_k: ``limited``: elements of K per accumulator update (default the K-block: the
+            gcd of both operands' block columns); it and the K-block must divide one another.
+        rounding: ``limited``: ``rtz`` (truncate, as tensor cores do) or ``rne``.
+    """
+    a, b = _operand(a, "a"), _operand(b, "b")
+    if a.shape[1] != b.shape[1]:
+        raise InputError(f"gemm: K differs: a is {a.shape}, b is {b.shape} (C = A · Bᵀ)")
+    if mode not in MODES:
+        raise FormatNameError(f"gemm: unknown mode {mode!r}; known: {', '.join(MODES)}")
+    if mode == "exact":
+        da = dequantize(a).astype(np.float64)
+        db = dequantize(b).astype(np.float64)
+        return np.asarray(da @ db.T)
+    ops = _Operands(a, b)
+    if mode == "fp32":
+        return _fp32(ops)
+    if rounding not in ROUNDINGS:
+        raise FormatNameError(f"gemm: unknown rounding {rounding!r}; known: {ROUNDINGS}")
+    if mantissa_bits < 1:
+        raise InputError(f"gemm: mantissa_bits must be >= 1, got {mantissa_bits}")
+    step = ops.chunk if mma_k is None else mma_k
+    if step < 1 or (step % ops.chunk and ops.chunk % step):
+        raise InputError(f"gemm: mma_k={mma_k} and the K-block {ops.chunk} must divide one another")
+    promote = ops.k if not promote_every else promote_every
+    if promote % step:
+        raise InputError(f"gemm: promote_every={promote_every} is not a multiple of mma_k={step}")
+    return _limited(ops, min(mantissa_bits, 23), promote, step, rounding)
+
+
+def _fp32(ops: _Operands) -> np.ndarray:
+    c = np.zeros((ops.av.shape[0], ops.bv.shape[0]), dtype=np.float32)
+    for dot, scale in ops.blocks(0, ops.k, ops.chunk):
+        part = dot.astype(np.float32)
+        part *= scale
+        c += part
+    return c
+
+
+def _limited(ops: _Operands, mbits: int, promote: int, step: int, rounding: str) -> np.ndarray:
+    shape = (ops.av.shape[0], ops.bv.shape[0])
+    c = np.zeros(shape, dtype=np.float32)
+    acc = np.zeros(shape, dtype=np.float32)
+    sub = min(step, ops.chunk)
+    for g0 in range(0, ops.k, step):
+        g1 = min(g0 + step, ops.k)
+        group = np.zeros(shape, dtype=np.float64)
+        for dot, scale in ops.blocks(g0, g1, sub):
+            dot *= scale  # float32 scale product applied in float64: exact for powers of two
+            group += dot
+        group += acc
+        acc = _cut(group.astype(np.float32), mbits, rounding)
+        if g1 % promote == 0 or g1 == ops.k:
+            c += acc
+            acc[...] = 0
+    return c
