@@ -1,0 +1,129 @@
+"""Compiled (numba) CPU kernels behind ``ue8m0.quantize`` / ``ue8m0.dequantize``.
+
+Bit-identical to :mod:`ue8m0.reference` (tests compare them exhaustively). Inputs are read
+through integer views (numba does not know ml_dtypes), blocks are processed in parallel, and a
+call allocates only its outputs: no float32 copy, no padded copy. Kernels are cached on disk
+(``cache=True``), so a fresh process loads them instead of compiling.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+from ue8m0.blocks import resolve_block, scale_grid
+from ue8m0.errors import NonFiniteError
+from ue8m0.formats import ElementFormat, decode_table
+from ue8m0.kernels._dequant import dequantize_kernel
+from ue8m0.kernels._quant import quantize_kernel
+from ue8m0.kernels._threads import ENV_VAR, resolve_threads, using_threads
+from ue8m0.policies import NonFinite, ScaleRule
+
+__all__ = ["ENV_VAR", "dequantize", "quantize", "resolve_threads"]
+
+_RULE_IDS = {rule: i for i, rule in enumerate(ScaleRule)}
+_VIEWS = {
+    np.dtype(ml_dtypes.bfloat16): np.uint16,
+    np.dtype(np.float16): np.int16,  # a distinct integer type selects the float16 widening
+    np.dtype(np.float32): np.uint32,
+}
+#: work items per thread the block rows are cut into (for load balance)
+_TASKS_PER_THREAD = 8
+
+
+def _as_3d(x: np.ndarray) -> np.ndarray:
+    """``(batch, rows, cols)``: a view for 2-D inputs of any strides and contiguous N-D ones."""
+    return x[None] if x.ndim == 2 else x.reshape(-1, x.shape[-2], x.shape[-1])
+
+
+def _chunk(tasks_rows: int, grid_cols: int, threads: int) -> int:
+    """Blocks per task: whole block rows unless there are too few of them to share out."""
+    want = threads * _TASKS_PER_THREAD
+    if tasks_rows >= want:
+        return grid_cols
+    per_row = -(-want // tasks_rows)
+    return max(1, -(-grid_cols // per_row))
+
+
+def quantize(
+    x: np.ndarray,
+    block: tuple[int, int],
+    fmt: ElementFormat,
+    rule: ScaleRule,
+    eps: float,
+    policy: NonFinite,
+    threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Same contract as :func:`ue8m0.reference.quantize`, plus ``threads``."""
+    x3 = _as_3d(x.view(_VIEWS[x.dtype]))
+    br, bc = resolve_block(block, x.shape)
+    grid = scale_grid(x.shape, block)
+    codes = np.empty(x.shape, dtype=np.uint8)
+    scale = np.empty(grid, dtype=np.float32)
+    sbytes = np.empty(grid, dtype=np.uint8)
+    with using_threads(threads) as n:
+        chunk = _chunk(x3.shape[0] * grid[-2], grid[-1], n)
+        bad = quantize_kernel(
+            x3,
+            codes.reshape(x3.shape),
+            scale.reshape(x3.shape[0], grid[-2], grid[-1]),
+            sbytes.reshape(x3.shape[0], grid[-2], grid[-1]),
+            br,
+            bc,
+            chunk,
+            _RULE_IDS[rule],
+            np.float32(eps),
+            np.float32(fmt.max),
+            fmt.emax,
+            fmt.mbits,
+            fmt.bias,
+            fmt.code_of_max,
+            fmt.sign_mask,
+            fmt.nan_code if fmt.nan_code is not None else 0,
+            fmt.has_negative_zero,
+        )
+    if bad and policy is NonFinite.RAISE:
+        _raise_nonfinite(x, scale, (br, bc), grid)
+    return codes, scale, sbytes if rule.is_power_of_two else None
+
+
+def _raise_nonfinite(
+    x: np.ndarray, scale: np.ndarray, block: tuple[int, int], grid: tuple[int, ...]
+) -> None:
+    """Raise like the oracle: first bad block in C order, first non-finite value in it."""
+    where = tuple(int(i) for i in np.argwhere(np.isnan(scale))[0])
+    br, bc = block
+    i, j = where[-2], where[-1]
+    index: tuple[Any, ...] = (*where[:-2], slice(i * br, (i + 1) * br), slice(j * bc, (j + 1) * bc))
+    values = x[index]
+    values = values.astype(np.float32).reshape(-1)
+    value = float(values[~np.isfinite(values)][0])
+    raise NonFiniteError(
+        f"non-finite value {value} in block {where} of the scale grid {grid} "
+        "(pass nonfinite='propagate' to encode it as NaN)",
+        where,
+        value,
+    )
+
+
+def dequantize(
+    codes: np.ndarray,
+    scale: np.ndarray,
+    block: tuple[int, int],
+    fmt: ElementFormat,
+    out_dtype: Any,
+    threads: int | None = None,
+) -> np.ndarray:
+    """Same contract as :func:`ue8m0.reference.dequantize`, plus ``threads``."""
+    out_dtype = np.dtype(out_dtype)
+    bf16 = out_dtype == np.dtype(ml_dtypes.bfloat16)
+    out = np.empty(codes.shape, dtype=np.uint16 if bf16 else np.float32)
+    c3 = _as_3d(np.asarray(codes, dtype=np.uint8))
+    br, bc = resolve_block(block, codes.shape)
+    s3 = np.ascontiguousarray(scale, dtype=np.float32).reshape(c3.shape[0], *scale.shape[-2:])
+    with using_threads(threads) as n:
+        chunk = _chunk(s3.shape[0] * s3.shape[1], s3.shape[2], n)
+        dequantize_kernel(c3, s3, decode_table(fmt), out.reshape(c3.shape), br, bc, chunk)
+    return out.view(out_dtype) if bf16 else out
