@@ -12,6 +12,7 @@ from ue8m0.recipes import DEFAULT_RECIPES, get_recipe
 EXAMPLES = """
 \b
 Examples:
+  ue8m0 report                                         # the bundled MiniLM
   ue8m0 report model.safetensors
   ue8m0 report path/to/checkpoint/ --out report/       # + index.html and PNG plots
   ue8m0 report ckpt/ --recipe rceil --recipe fp32 --recipe e4m3:1x128:floor
@@ -26,7 +27,7 @@ JSON writes non-finite numbers as the strings "inf", "-inf", "nan".
 
 
 @click.command(epilog=EXAMPLES)
-@click.argument("src", type=click.Path(exists=True, path_type=Path))
+@click.argument("src", required=False, type=click.Path(exists=True, path_type=Path))
 @click.option(
     "--recipe",
     "recipes",
@@ -60,7 +61,7 @@ JSON writes non-finite numbers as the strings "inf", "-inf", "nan".
     help="Rows read at a time, in MiB of float32 (the memory bound).",
 )
 def report(
-    src: Path,
+    src: Path | None,
     recipes: tuple[str, ...],
     out: Path | None,
     as_json: bool,
@@ -69,12 +70,17 @@ def report(
     top: int,
     slab_mb: int,
 ) -> None:
-    """Quantize every float tensor of SRC (a .safetensors file or a checkpoint directory)
+    """Quantize every float tensor of SRC (a .safetensors file or a checkpoint directory;
+    default: the bundled MiniLM)
     under each recipe and report SQNR, relative Frobenius error, cosine, max abs error,
     saturated and flushed-to-zero fractions, and per-block headroom."""
     from ue8m0.report.analysis import analyze_checkpoint
     from ue8m0.report.text import report_json, terminal_report
 
+    if src is None:
+        from ue8m0.evaluation.models import minilm_dir
+
+        src = minilm_dir() / "model.safetensors"
     chosen = [get_recipe(r) for r in (recipes or DEFAULT_RECIPES)]
     result = analyze_checkpoint(
         src, chosen, include=include, rank_by=rank_by, slab_bytes=max(1, slab_mb) << 20
