@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ue8m0.plan.calibrate import calibration_points
-from ue8m0.plan.chips import NUMBERS, Fp8Math, builtin_db, load_db
+from ue8m0.plan.chips import NUMBERS, Chip, Fp8Math, builtin_db, load_db
 from ue8m0.plan.errors import PlanError
 from ue8m0.plan.estimate import Workload, estimate, plan, weight_bytes
 from ue8m0.plan.models import Role, load_model
@@ -146,7 +146,7 @@ def test_model_weight_bytes_keep_embedding_and_head_in_bf16() -> None:
 
 # ------------------------------------------------------------------------ compute paths
 @pytest.mark.parametrize("chip", [c for c in DB.chips if not c.fp8.native], ids=lambda c: c.key)
-def test_no_fp8_math_never_gets_an_fp8_speedup(chip) -> None:  # type: ignore[no-untyped-def]
+def test_no_fp8_math_never_gets_an_fp8_speedup(chip: Chip) -> None:
     for fmt in ("fp8", "mxfp8", "mxfp4"):
         path = compute_path(chip, FORMATS[fmt])
         assert path.compute is Compute.BF16 and path.weight_only
