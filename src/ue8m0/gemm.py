@@ -43,7 +43,6 @@ Speed: block-wise BLAS over K-blocks, vectorised over M×N; see ``bench/gemm_err
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 
@@ -69,35 +68,42 @@ def _operand(q: object, name: str) -> QuantizedTensor:
     return q
 
 
-def _values(q: QuantizedTensor) -> np.ndarray:
-    """The unscaled element values as float64 (exact)."""
-    return decode_table(q.fmt)[q.codes].astype(np.float64)
-
-
-def _row_scales(q: QuantizedTensor) -> np.ndarray:
-    """float32 scales with one row per tensor row: ``(rows, ceil(K / block_cols))``."""
-    br, _ = resolve_block(q.block, q.shape)
-    return np.ascontiguousarray(q.scale[np.arange(q.shape[0]) // br], dtype=np.float32)
-
-
 class _Operands:
-    """Element values and per-row scales of A and B, walked K-block by K-block."""
+    """Element values and per-row scales of A and B, walked ``unit`` elements of K at a time.
 
-    def __init__(self, a: QuantizedTensor, b: QuantizedTensor) -> None:
+    Values are rearranged once to ``(K / unit, rows, unit)`` (K zero-padded, which adds exact
+    zeros) so each step is one contiguous BLAS call; the step results are written into reused
+    buffers (consume them before the next step).
+    """
+
+    def __init__(self, a: QuantizedTensor, b: QuantizedTensor, unit: int | None = None) -> None:
         self.k = a.shape[1]
-        self.ka = resolve_block(a.block, a.shape)[1]
-        self.kb = resolve_block(b.block, b.shape)[1]
-        self.chunk = math.gcd(self.ka, self.kb)
-        self.av, self.bv = _values(a), _values(b)
-        self.sa, self.sb = _row_scales(a), _row_scales(b)
+        ka = resolve_block(a.block, a.shape)[1]
+        kb = resolve_block(b.block, b.shape)[1]
+        self.chunk = math.gcd(ka, kb)
+        self.unit = self.chunk if unit is None else unit
+        self.units = -(-self.k // self.unit)
+        self.av, self.sa = self._arrange(a, ka)
+        self.bv, self.sb = self._arrange(b, kb)
+        self.shape = (a.shape[0], b.shape[0])
+        self.dot = np.empty(self.shape, dtype=np.float64)
+        self.scale = np.empty(self.shape, dtype=np.float32)
 
-    def blocks(self, k0: int, k1: int, step: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """``(exact unscaled dot, float32 scale_a * scale_b)`` per K-block in ``[k0, k1)``."""
-        for s0 in range(k0, k1, step):
-            s1 = min(s0 + step, k1)
-            dot = self.av[:, s0:s1] @ self.bv[:, s0:s1].T
-            scale = np.multiply.outer(self.sa[:, s0 // self.ka], self.sb[:, s0 // self.kb])
-            yield dot, scale
+    def _arrange(self, q: QuantizedTensor, kq: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = q.shape[0]
+        values = np.zeros((rows, self.units * self.unit), dtype=np.float64)
+        values[:, : self.k] = decode_table(q.fmt)[q.codes]  # exact: every code is a float32
+        blocks = np.ascontiguousarray(values.reshape(rows, self.units, self.unit).swapaxes(0, 1))
+        br = resolve_block(q.block, q.shape)[0]
+        per_row = q.scale[np.arange(rows) // br].astype(np.float32)  # (rows, K-blocks of q)
+        starts = np.arange(self.units) * self.unit // kq
+        return blocks, np.ascontiguousarray(per_row[:, starts].T)  # (units, rows)
+
+    def step(self, u: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(exact unscaled dot, float32 scale_a * scale_b)`` of unit ``u`` of K."""
+        np.matmul(self.av[u], self.bv[u].T, out=self.dot)
+        np.multiply.outer(self.sa[u], self.sb[u], out=self.scale)
+        return self.dot, self.scale
 
 
 def _cut(acc: np.ndarray, mantissa_bits: int, rounding: str) -> np.ndarray:
@@ -146,45 +152,49 @@ def gemm(
         da = dequantize(a).astype(np.float64)
         db = dequantize(b).astype(np.float64)
         return np.asarray(da @ db.T)
-    ops = _Operands(a, b)
+    chunk = math.gcd(resolve_block(a.block, a.shape)[1], resolve_block(b.block, b.shape)[1])
     if mode == "fp32":
-        return _fp32(ops)
+        return _fp32(_Operands(a, b))
     if rounding not in ROUNDINGS:
         raise FormatNameError(f"gemm: unknown rounding {rounding!r}; known: {ROUNDINGS}")
     if mantissa_bits < 1:
         raise InputError(f"gemm: mantissa_bits must be >= 1, got {mantissa_bits}")
-    step = ops.chunk if mma_k is None else mma_k
-    if step < 1 or (step % ops.chunk and ops.chunk % step):
-        raise InputError(f"gemm: mma_k={mma_k} and the K-block {ops.chunk} must divide one another")
-    promote = ops.k if not promote_every else promote_every
+    step = chunk if mma_k is None else mma_k
+    if step < 1 or (step % chunk and chunk % step):
+        raise InputError(f"gemm: mma_k={mma_k} and the K-block {chunk} must divide one another")
+    promote = a.shape[1] if not promote_every else promote_every
     if promote % step:
         raise InputError(f"gemm: promote_every={promote_every} is not a multiple of mma_k={step}")
+    ops = _Operands(a, b, min(step, chunk))
     return _limited(ops, min(mantissa_bits, 23), promote, step, rounding)
 
 
 def _fp32(ops: _Operands) -> np.ndarray:
-    c = np.zeros((ops.av.shape[0], ops.bv.shape[0]), dtype=np.float32)
-    for dot, scale in ops.blocks(0, ops.k, ops.chunk):
-        part = dot.astype(np.float32)
+    c = np.zeros(ops.shape, dtype=np.float32)
+    part = np.empty(ops.shape, dtype=np.float32)
+    for u in range(ops.units):
+        dot, scale = ops.step(u)
+        np.copyto(part, dot, casting="same_kind")  # the block's exact sum rounded once
         part *= scale
         c += part
     return c
 
 
 def _limited(ops: _Operands, mbits: int, promote: int, step: int, rounding: str) -> np.ndarray:
-    shape = (ops.av.shape[0], ops.bv.shape[0])
-    c = np.zeros(shape, dtype=np.float32)
-    acc = np.zeros(shape, dtype=np.float32)
-    sub = min(step, ops.chunk)
-    for g0 in range(0, ops.k, step):
-        g1 = min(g0 + step, ops.k)
-        group = np.zeros(shape, dtype=np.float64)
-        for dot, scale in ops.blocks(g0, g1, sub):
+    c = np.zeros(ops.shape, dtype=np.float32)
+    acc = np.zeros(ops.shape, dtype=np.float32)
+    group = np.empty(ops.shape, dtype=np.float64)
+    per_group = step // ops.unit
+    for g in range(0, ops.units, per_group):
+        group[...] = acc
+        for u in range(g, min(g + per_group, ops.units)):
+            dot, scale = ops.step(u)
             dot *= scale  # float32 scale product applied in float64: exact for powers of two
             group += dot
-        group += acc
-        acc = _cut(group.astype(np.float32), mbits, rounding)
-        if g1 % promote == 0 or g1 == ops.k:
+        np.copyto(acc, group, casting="same_kind")
+        _cut(acc, mbits, rounding)
+        end = min((g + per_group) * ops.unit, ops.k)
+        if end % promote == 0 or end == ops.k:
             c += acc
             acc[...] = 0
     return c
