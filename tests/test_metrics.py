@@ -70,13 +70,21 @@ def test_rceil_headroom_is_below_one_bit_and_fp32_is_zero() -> None:
 
 
 def test_floor_saturates_where_rceil_does_not() -> None:
-    x = np.array([[449.0, 1.0, -3.0, 0.5]], np.float32)
+    x = np.array([[500.0, 1.0, -3.0, 460.0]], np.float32)
     floor = ue8m0.quantize(x, (1, 4), scale_rule="floor")
     rceil = ue8m0.quantize(x, (1, 4), scale_rule="rceil")
-    assert metrics.headroom_bits(x, floor)[0, 0] == pytest.approx(math.log2(448 / 449))
-    assert metrics.headroom_bits(x, rceil)[0, 0] == pytest.approx(math.log2(896 / 449))
+    assert metrics.headroom_bits(x, floor)[0, 0] == pytest.approx(math.log2(448 / 500))
+    assert metrics.headroom_bits(x, rceil)[0, 0] == pytest.approx(math.log2(896 / 500))
+    # 500 is clipped to 448; 460 is within half an ulp (16) of 448 and merely rounds to it
     assert metrics.fraction_saturated(x, floor) == 0.25
     assert metrics.fraction_saturated(x, rceil) == 0.0
+    assert metrics.saturation_limit(ue8m0.FLOAT8_E4M3FN) == 464.0
+
+
+def test_fp32_scales_never_count_as_saturating() -> None:
+    x = _wide_range(3)
+    q = ue8m0.quantize(x, (32, 32), scale_rule="fp32", eps=0)
+    assert metrics.fraction_saturated(x, q) == 0.0
 
 
 def test_flushed_to_zero_in_a_block_with_a_large_element() -> None:

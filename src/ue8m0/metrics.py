@@ -8,7 +8,7 @@ Every metric is computed in float64 from running sums, so a tensor can be fed in
 - ``rel_frobenius = ‖e‖ / ‖x‖``;
 - ``cosine = Σxy / (‖x‖ ‖y‖)``;
 - ``max_abs_error = max |e|``;
-- ``saturated``: fraction of elements with ``|x| > elem_max · scale`` (clipped by the format);
+- ``saturated``: fraction of elements clipped: ``|x| > (elem_max + ulp/2) · scale``;
 - ``flushed``: fraction of the non-zero elements of ``x`` whose ``y`` is zero;
 - ``worst_row_sqnr_db``: the lowest SQNR of one row (output channel of a Linear weight).
   Tensor SQNR is energy-weighted: one large outlier dominates both sums and hides the damage
@@ -29,6 +29,7 @@ import numpy as np
 
 from ue8m0.api import QuantizedTensor
 from ue8m0.blocks import resolve_block
+from ue8m0.formats import ElementFormat
 
 
 def _as64(a: Any) -> np.ndarray:
@@ -142,9 +143,18 @@ def headroom_bits(x: np.ndarray, q: QuantizedTensor) -> np.ndarray:
     return np.where(amax > 0, out, np.nan)
 
 
+def saturation_limit(fmt: ElementFormat) -> float:
+    """``elem_max`` plus half its ulp: scaled values above it are clipped, not rounded, to max."""
+    return fmt.max + math.ldexp(0.5, fmt.emax - fmt.mbits)
+
+
 def saturated_mask(x: np.ndarray, q: QuantizedTensor) -> np.ndarray:
-    """Elements the format clipped: ``|x| > elem_max · scale`` of their block."""
-    limit = expand_blocks(q.fmt.max * q.scale.astype(np.float64), q.shape, q.block)
+    """Elements the format clipped: ``|x| > (elem_max + ulp/2) · scale`` of their block.
+
+    Values up to half an ulp above ``elem_max`` round to it as any value rounds; they are not
+    counted (an fp32 scale ``amax / elem_max`` puts ``amax`` there by float32 rounding).
+    """
+    limit = expand_blocks(saturation_limit(q.fmt) * q.scale.astype(np.float64), q.shape, q.block)
     return np.abs(_as64(x)) > limit
 
 
@@ -220,7 +230,8 @@ class ErrorStats:
 
 
 def fraction_saturated(x: np.ndarray, q: QuantizedTensor) -> float:
-    """Fraction of the elements of ``x`` that ``q`` clipped to the format's max."""
+    """Fraction of the elements of ``x`` that ``q`` clipped to the format's max (see
+    :func:`saturated_mask`)."""
     return float(np.mean(saturated_mask(x, q)))
 
 
