@@ -36,6 +36,10 @@ class NonFiniteError(Ue8m0Error, ValueError):
         self.value = value
 
 
+class PlanError(Ue8m0Error, ValueError):
+    """A planning input that cannot be used; the message names it and what to use instead."""
+
+
 class CheckpointError(Ue8m0Error, ValueError):
     """A checkpoint problem: names the file, the tensor (when there is one) and the reason."""
 

@@ -14,6 +14,7 @@ ERROR_TABLE: list[tuple[type[BaseException], _Formatter, int]] = [
     (errors.NonFiniteError, str, 3),
     (errors.FormatNameError, str, 2),
     (errors.BlockError, str, 2),
+    (errors.PlanError, str, 2),
     (errors.InputError, str, 2),
     (errors.InputTypeError, str, 2),
     (errors.Ue8m0Error, str, 1),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from ue8m0.errors import Ue8m0Error
+from ue8m0.errors import PlanError
 
-
-class PlanError(Ue8m0Error, ValueError):
-    """A planning input that cannot be used; the message names it and what to use instead."""
+__all__ = ["PlanError"]
