@@ -106,3 +106,22 @@ def test_verify_against_detects_wrong_values(
     )
     code, out, _ = run_cli(["verify", tmp_path / "q", "--against", changed], capsys)
     assert code == 1 and "model.layers.0.mlp.down_proj.weight" in out and "the bound" in out
+
+
+def test_progress_bars_only_on_a_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ue8m0.checkpoint.plan import QuantizeOptions, plan_quantize
+    from ue8m0.checkpoint.runner import Progress, run_plan
+    from ue8m0.checkpoint.source import open_checkpoint
+    from ue8m0.cli._output import BarProgress, make_progress
+
+    assert type(make_progress(False, False)) is Progress  # stderr is captured: not a TTY
+    src = write_checkpoint(tmp_path / "src", synthetic_tensors())
+    ckpt = open_checkpoint(src)
+    plan = plan_quantize(ckpt, QuantizeOptions().validated())
+    result = run_plan(ckpt, plan, tmp_path / "q", 2, BarProgress())
+    err = capsys.readouterr().err
+    assert "2 shards" in err and "B/s" in err
+    summary = result.summary()
+    assert summary["shards_written"] == 2 and summary["peak_rss_mb"] > 10

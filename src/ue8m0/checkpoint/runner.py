@@ -40,26 +40,37 @@ class Progress:
     def close(self) -> None: ...
 
 
+def peak_rss_bytes() -> int:
+    """Peak resident set of this process since exec (VmHWM; ru_maxrss would include the peak
+    of the parent copy a fork started from)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # pragma: no cover
+
+
 @dataclass
 class RunResult:
     plan: Plan
     written: list[str]
     skipped: list[str]
     seconds: float
+    worker_peak: int = 0
 
     def summary(self) -> dict[str, Any]:
         converted = sum(s.in_bytes for s in self.plan.shards if s.name in self.written)
-        peak = max(
-            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
-        )
+        peak = max(peak_rss_bytes(), self.worker_peak)
         return {
             **self.plan.summary(),
             "shards_written": len(self.written),
             "shards_resumed": len(self.skipped),
             "seconds": round(self.seconds, 3),
             "input_gb_per_s": round(converted / 1e9 / self.seconds, 3) if self.seconds else 0,
-            "peak_rss_mb": round(peak / 1024, 1),
+            "peak_rss_mb": round(peak / 2**20, 1),
         }
 
 
@@ -85,6 +96,7 @@ def run_plan(
         if stop_after and len(manifest.shards) - len(skipped) >= stop_after:
             time.sleep(3600)  # pragma: no cover - killed by the resume test
 
+    worker_peak = 0
     try:
         if workers <= 1 or len(todo) <= 1:
             for shard in todo:
@@ -101,7 +113,7 @@ def run_plan(
                 )
                 record(shard, size, sha)
         else:
-            _run_pool(ckpt, plan, dst, todo, workers, options, progress, record)
+            worker_peak = _run_pool(ckpt, plan, dst, todo, workers, options, progress, record)
         _finalize(ckpt, plan, dst)
         manifest.finish()
     except BaseException:
@@ -109,7 +121,8 @@ def run_plan(
         raise
     finally:
         progress.close()
-    return RunResult(plan, [s.name for s in todo], skipped, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    return RunResult(plan, [s.name for s in todo], skipped, seconds, worker_peak)
 
 
 def _options(plan: Plan) -> dict[str, Any]:
@@ -143,7 +156,7 @@ def _worker(
         size, sha = convert_shard(Path(root), Path(dst), shard, kind, options, tick, threads)
     except CheckpointError as exc:  # its __init__ signature does not survive pickling
         return ("error", str(exc.path), exc.reason, exc.tensor)
-    return ("ok", shard.name, size, sha)
+    return ("ok", peak_rss_bytes(), size, sha)
 
 
 def _run_pool(
@@ -155,42 +168,52 @@ def _run_pool(
     options: dict[str, Any],
     progress: Progress,
     record: Any,
-) -> None:
+) -> int:
+    """Run ``todo`` on worker processes; returns the largest worker peak RSS (bytes)."""
     ctx = multiprocessing.get_context("spawn")
     q = ctx.Queue()
     nproc = min(workers, len(todo))
     threads = max(1, workers // nproc)
     pool = ProcessPoolExecutor(nproc, mp_context=ctx, initializer=_init_worker, initargs=(q,))
     pending: dict[Future[Any], ShardPlan] = {}
+    sizes = {s.name: s.in_bytes for s in todo}
+    started: set[str] = set()
+    peak = 0
     try:
         for shard in todo:
-            progress.shard_start(shard.name, shard.in_bytes)
             fut = pool.submit(_worker, str(ckpt.root), str(dst), shard, plan.kind, options, threads)
             pending[fut] = shard
         while pending:
             done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-            _drain(q, progress)
+            _drain(q, progress, sizes, started)
             for fut in done:
                 shard = pending.pop(fut)
                 status, a, b, c = fut.result()
                 if status == "error":
                     raise CheckpointError(a, b, c)
+                peak = max(peak, a)
                 record(shard, b, c)
-        _drain(q, progress)
+        _drain(q, progress, sizes, started)
     except BaseException:
         for proc in list(getattr(pool, "_processes", {}).values()):
             proc.terminate()
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown()
+    return peak
 
 
-def _drain(q: Any, progress: Progress) -> None:
+def _drain(q: Any, progress: Progress, sizes: dict[str, int], started: set[str]) -> None:
+    """Forward the workers' byte counts to the progress bars (a shard's bar starts on its first
+    bytes, so only the shards in flight have one)."""
     while True:
         try:
             shard, n = q.get_nowait()
         except queue.Empty:
             return
+        if shard not in started:
+            started.add(shard)
+            progress.shard_start(shard, sizes[shard])
         progress.advance(shard, n)
 
 
