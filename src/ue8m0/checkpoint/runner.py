@@ -19,12 +19,18 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import ml_dtypes
+import numpy as np
+
+from ue8m0.api import QuantizedTensor, dequantize, quantize
 from ue8m0.checkpoint.convert import convert_shard
+from ue8m0.checkpoint.layout import element_fmt
 from ue8m0.checkpoint.manifest import Manifest, source_fingerprint
 from ue8m0.checkpoint.plan import Plan, ShardPlan
 from ue8m0.checkpoint.source import INDEX_NAME, Checkpoint, check_destination
 from ue8m0.checkpoint.writer import TMP_SUFFIX, copy_atomic, write_json_atomic
 from ue8m0.errors import CheckpointError
+from ue8m0.policies import ScaleRule
 
 #: test-only hook: stop (sleep) after this many shards are recorded, to be killed mid-run
 STOP_AFTER_ENV = "UE8M0_TEST_STOP_AFTER_SHARDS"
@@ -170,6 +176,7 @@ def _run_pool(
     record: Any,
 ) -> int:
     """Run ``todo`` on worker processes; returns the largest worker peak RSS (bytes)."""
+    _warm_up(ckpt, todo, plan.kind, options)
     ctx = multiprocessing.get_context("spawn")
     q = ctx.Queue()
     nproc = min(workers, len(todo))
@@ -201,6 +208,39 @@ def _run_pool(
         raise
     pool.shutdown()
     return peak
+
+
+def _warm_up(ckpt: Checkpoint, todo: list[ShardPlan], kind: str, options: dict[str, Any]) -> None:
+    """Compile (or load) the kernels once here, for each input dtype, before the workers start:
+    workers compiling the same numba cache at once have failed ("unexpected cycle in lookup")."""
+    from ue8m0.checkpoint.safetensors import DTYPES
+
+    seen = set()
+    for shard in todo:
+        for task in shard.tasks:
+            if task.action not in ("quantize", "dequantize"):
+                continue
+            info = ckpt.tensors[task.name]
+            if info.dtype in seen:
+                continue
+            seen.add(info.dtype)
+            x = np.zeros((2, 2), DTYPES[info.dtype])
+            if kind == "quantize":
+                opts = {k: v for k, v in options.items() if k in _QUANT_KW}
+                quantize(x, block=(1, 1), **opts)
+            else:
+                q = QuantizedTensor(
+                    x,
+                    np.ones((2, 2), np.float32),
+                    None,
+                    element_fmt(str(task.fmt)),
+                    (1, 1),
+                    ScaleRule.FP32,
+                )
+                dequantize(q, ml_dtypes.bfloat16 if options["dtype"] == "bf16" else np.float32)
+
+
+_QUANT_KW = ("fmt", "scale_rule", "eps", "nonfinite")
 
 
 def _drain(q: Any, progress: Progress, sizes: dict[str, int], started: set[str]) -> None:
