@@ -45,6 +45,8 @@ def plot_eval(doc: dict[str, Any], path: Path) -> Path:
         ax.set_title(title, fontsize="medium")
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize="small")
-    fig.suptitle(f"What quantization costs {Path(doc['model']).name} (lower is better)")
+    path_ = Path(doc["model"])
+    name = path_.parent.name if path_.name == "model" else path_.name
+    fig.suptitle(f"What quantization costs {name} (lower is better)")
     fig.savefig(path)
     return path
