@@ -8,6 +8,7 @@ call allocates only its outputs: no float32 copy, no padded copy. Kernels are ca
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import ml_dtypes
@@ -16,6 +17,7 @@ import numpy as np
 from ue8m0.blocks import resolve_block, scale_grid
 from ue8m0.errors import NonFiniteError
 from ue8m0.formats import ElementFormat, decode_table
+from ue8m0.kernels._bits import element_params
 from ue8m0.kernels._dequant import dequantize_kernel
 from ue8m0.kernels._quant import quantize_kernel
 from ue8m0.kernels._threads import ENV_VAR, resolve_threads, using_threads
@@ -31,6 +33,8 @@ _VIEWS = {
 }
 #: work items per thread the block rows are cut into (for load balance)
 _TASKS_PER_THREAD = 8
+#: input bytes of one quantize task (both passes read it; the second from L2)
+_TASK_BYTES = 256 * 1024
 
 
 def _as_3d(x: np.ndarray) -> np.ndarray:
@@ -38,13 +42,25 @@ def _as_3d(x: np.ndarray) -> np.ndarray:
     return x[None] if x.ndim == 2 else x.reshape(-1, x.shape[-2], x.shape[-1])
 
 
-def _chunk(tasks_rows: int, grid_cols: int, threads: int) -> int:
-    """Blocks per task: whole block rows unless there are too few of them to share out."""
+def _chunk(tasks_rows: int, grid_cols: int, run_bytes: int, block_cols: int, threads: int) -> int:
+    """Blocks per task: a run of ``_TASK_BYTES`` at most (L2), cut finer for load balance.
+
+    ``run_bytes`` are the input bytes of one block column of a block row.
+    """
+    fit = max(1, _TASK_BYTES // max(run_bytes, 1))
+    per_row = -(-grid_cols // fit)
     want = threads * _TASKS_PER_THREAD
-    if tasks_rows >= want:
-        return grid_cols
-    per_row = -(-want // tasks_rows)
+    if tasks_rows * per_row < want:
+        per_row = -(-want // tasks_rows)
     return max(1, -(-grid_cols // per_row))
+
+
+@functools.cache
+def _params(fmt: ElementFormat) -> np.ndarray:
+    nan_code = fmt.nan_code if fmt.nan_code is not None else 0
+    return element_params(
+        fmt.mbits, fmt.bias, fmt.code_of_max, fmt.sign_mask, nan_code, fmt.has_negative_zero
+    )
 
 
 def quantize(
@@ -64,7 +80,8 @@ def quantize(
     scale = np.empty(grid, dtype=np.float32)
     sbytes = np.empty(grid, dtype=np.uint8)
     with using_threads(threads) as n:
-        chunk = _chunk(x3.shape[0] * grid[-2], grid[-1], n)
+        run = min(br, x.shape[-2]) * bc * x.dtype.itemsize
+        chunk = _chunk(x3.shape[0] * grid[-2], grid[-1], run, bc, n)
         bad = quantize_kernel(
             x3,
             codes.reshape(x3.shape),
@@ -78,11 +95,7 @@ def quantize(
             np.float32(fmt.max),
             fmt.emax,
             fmt.mbits,
-            fmt.bias,
-            fmt.code_of_max,
-            fmt.sign_mask,
-            fmt.nan_code if fmt.nan_code is not None else 0,
-            fmt.has_negative_zero,
+            _params(fmt),
         )
     if bad and policy is NonFinite.RAISE:
         _raise_nonfinite(x, scale, (br, bc), grid)
@@ -124,6 +137,7 @@ def dequantize(
     br, bc = resolve_block(block, codes.shape)
     s3 = np.ascontiguousarray(scale, dtype=np.float32).reshape(c3.shape[0], *scale.shape[-2:])
     with using_threads(threads) as n:
-        chunk = _chunk(s3.shape[0] * s3.shape[1], s3.shape[2], n)
+        run = min(br, codes.shape[-2]) * bc * 4
+        chunk = _chunk(s3.shape[0] * s3.shape[1], s3.shape[2], run, bc, n)
         dequantize_kernel(c3, s3, decode_table(fmt), out.reshape(c3.shape), br, bc, chunk)
     return out.view(out_dtype) if bf16 else out

@@ -8,7 +8,16 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
-from ue8m0.kernels._bits import F32_ABS, F32_EXP, bits_f32, f32_bits, round_code, widen
+from ue8m0.kernels._bits import (
+    F32_ABS,
+    F32_EXP,
+    bits_f32,
+    f32_bits,
+    round_code,
+    u_and,
+    unpack,
+    widen,
+)
 
 # rule ids, in the order of ScaleRule
 RCEIL, LOG2, FLOOR, CEIL, EVEN, FP32 = range(6)
@@ -66,58 +75,71 @@ def quantize_kernel(
     fmax: Any,
     emax: int,
     mbits: int,
-    bias: int,
-    code_max: int,
-    sign_mask: int,
-    nan_code: int,
-    negzero: bool,
+    p: Any,
 ) -> int:
     """Quantize ``x`` (batch, rows, cols) into ``codes``/``scale``/``sbytes``; count bad blocks.
 
-    Work is split into tasks of ``chunk`` consecutive blocks of one block row, in parallel.
-    A block holding NaN/Inf gets scale NaN, byte 0xFF and ``nan_code`` elements.
+    A task is ``chunk`` consecutive blocks of one block row, read row by row (long contiguous
+    runs the prefetcher follows): pass 1 takes each block's amax, then the scales are computed
+    and spread into a per-column multiplier row (the per-task scratch), and pass 2 encodes whole
+    row runs (chunks are sized in Python to stay in L2). ``p`` holds the element format's
+    constants (:func:`~ue8m0.kernels._bits.element_params`). A block holding NaN/Inf gets scale
+    NaN, byte 0xFF and NaN-code elements.
     """
     nb, rows, cols = x.shape
+    p = unpack(p)
     gr = (rows + br - 1) // br
     gc = (cols + bc - 1) // bc
     nchunks = (gc + chunk - 1) // chunk
-    bad = 0
+    bad = np.zeros(nb * gr * nchunks, dtype=np.int64)  # per task (no parfor reduction)
     for task in prange(nb * gr * nchunks):
         b = task // (gr * nchunks)
         rest = task - b * gr * nchunks
         i = rest // nchunks
-        k = rest - i * nchunks
+        j0 = (rest - i * nchunks) * chunk
+        nj = min(j0 + chunk, gc) - j0
         r0 = i * br
         r1 = min(r0 + br, rows)
-        for j in range(k * chunk, min(k * chunk + chunk, gc)):
-            c0 = j * bc
-            c1 = min(c0 + bc, cols)
-            amax: Any = np.int64(0)
-            for r in range(r0, r1):
-                for c in range(c0, c1):
-                    amax = max(amax, widen(x[b, r, c]) & F32_ABS)
-            if amax >= F32_EXP:
-                bad += 1
+        ca = j0 * bc
+        width = min(ca + nj * bc, cols) - ca
+        amax = np.zeros(nj, dtype=np.uint32)
+        for r in range(r0, r1):
+            row = x[b, r, ca : ca + width]  # slices: loops from 0 vectorise (no wraparound)
+            for jj in range(nj):
+                seg = row[jj * bc : jj * bc + bc]
+                top = amax[jj]
+                for c in range(seg.shape[0]):
+                    top = max(top, u_and(widen(seg[c]), np.uint32(F32_ABS)))
+                amax[jj] = top
+        mult = np.empty(width, dtype=np.float32)
+        nbad = 0
+        for jj in range(nj):
+            j = j0 + jj
+            if amax[jj] >= F32_EXP:
+                nbad += 1
                 sbytes[b, i, j] = 255
                 scale[b, i, j] = np.float32(np.nan)
-                for r in range(r0, r1):
-                    for c in range(c0, c1):
-                        codes[b, r, c] = nan_code
-                continue
-            a = max(bits_f32(amax), eps)
-            if rule == FP32:
-                s = a / fmax
-                mult = np.float32(0.0) if s == 0 else np.float32(1.0) / s
-                scale[b, i, j] = s
+                m = np.float32(1.0)
             else:
-                byte = scale_byte(a, rule, fmax, emax, mbits)
-                sbytes[b, i, j] = byte
-                scale[b, i, j] = pow2(byte - 127)
-                mult = pow2(127 - byte)
-            for r in range(r0, r1):
-                for c in range(c0, c1):
-                    y = bits_f32(widen(x[b, r, c])) * mult
-                    codes[b, r, c] = round_code(
-                        y, mbits, bias, code_max, sign_mask, nan_code, negzero
-                    )
-    return bad
+                a = max(bits_f32(amax[jj]), eps)
+                if rule == FP32:
+                    s = a / fmax
+                    m = np.float32(0.0) if s == 0 else np.float32(1.0) / s
+                    scale[b, i, j] = s
+                else:
+                    byte = scale_byte(a, rule, fmax, emax, mbits)
+                    sbytes[b, i, j] = byte
+                    scale[b, i, j] = pow2(byte - 127)
+                    m = pow2(127 - byte)
+            mult[jj * bc : jj * bc + bc] = m
+        for r in range(r0, r1):
+            row = x[b, r, ca : ca + width]
+            out = codes[b, r, ca : ca + width]
+            for c in range(width):
+                out[c] = round_code(bits_f32(widen(row[c])) * mult[c], p)
+        bad[task] = nbad
+        if nbad:
+            for jj in range(nj):
+                if amax[jj] >= F32_EXP:
+                    codes[b, r0:r1, ca + jj * bc : ca + jj * bc + bc] = p[7]
+    return bad.sum()
