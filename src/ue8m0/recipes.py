@@ -13,18 +13,19 @@ from ue8m0.api import DEFAULT_EPS, QuantizedTensor, dequantize, quantize
 from ue8m0.blocks import BlockLike, parse_block
 from ue8m0.errors import FormatNameError
 from ue8m0.formats import ElementFormat, element_format
-from ue8m0.policies import ScaleRule
+from ue8m0.policies import ScaleRule, ScaleSearch
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """How to quantize one tensor: ``quantize(x, block, fmt, scale_rule, eps)``."""
+    """How to quantize one tensor: ``quantize(x, block, fmt, scale_rule, eps, scale_search=…)``."""
 
     name: str
     fmt: ElementFormat
     block: tuple[int, int]
     scale_rule: ScaleRule
     eps: float = DEFAULT_EPS
+    scale_search: ScaleSearch = ScaleSearch.NONE
 
     @property
     def label(self) -> str:
@@ -32,11 +33,14 @@ class Recipe:
         short = self.fmt.aliases[0] if self.fmt.aliases else self.fmt.name
         rows = "N" if self.block[0] == -1 else str(self.block[0])
         cols = "N" if self.block[1] == -1 else str(self.block[1])
-        return f"{short} {rows}x{cols} {self.scale_rule.value}"
+        search = "" if self.scale_search is ScaleSearch.NONE else f"+{self.scale_search.value}"
+        return f"{short} {rows}x{cols} {self.scale_rule.value}{search}"
 
     def quantize(self, x: object) -> QuantizedTensor:
         """Quantize ``x`` with this recipe."""
-        return quantize(x, self.block, self.fmt, self.scale_rule, self.eps)
+        return quantize(
+            x, self.block, self.fmt, self.scale_rule, self.eps, scale_search=self.scale_search
+        )
 
     def fake_quantize(self, x: np.ndarray) -> np.ndarray:
         """``dequantize(quantize(x))`` as float32."""
@@ -50,9 +54,14 @@ class Recipe:
         block: BlockLike = (128, 128),
         scale_rule: str | ScaleRule = "rceil",
         eps: float = DEFAULT_EPS,
+        scale_search: str | ScaleSearch | None = None,
     ) -> Recipe:
         """Build a recipe from names (validated)."""
-        return cls(name, element_format(fmt), parse_block(block), ScaleRule.parse(scale_rule), eps)
+        rule = ScaleRule.parse(scale_rule)
+        search = ScaleSearch.parse(scale_search)
+        if search is not ScaleSearch.NONE and not rule.is_power_of_two:
+            raise FormatNameError(f"recipe {name!r}: scale search needs a power-of-two rule")
+        return cls(name, element_format(fmt), parse_block(block), rule, eps, search)
 
 
 RECIPES: dict[str, Recipe] = {
@@ -64,23 +73,27 @@ RECIPES: dict[str, Recipe] = {
         Recipe.make("mxfp8", "e4m3", (1, 32), "rceil"),
         Recipe.make("e5m2", "e5m2", (128, 128), "rceil"),
         Recipe.make("mxfp4", "e2m1", (1, 32), "rceil"),
+        Recipe.make("rceil-mse", "e4m3", (128, 128), "rceil", scale_search="mse"),
+        Recipe.make("mxfp4-mse", "e2m1", (1, 32), "rceil", scale_search="mse"),
     )
 }
 
-#: the recipes reports compare by default
+#: the recipes reports compare by default (the issue's six, plus the MSE scale search)
 DEFAULT_RECIPES: tuple[str, ...] = tuple(RECIPES)
 
 
 def get_recipe(name: str | Recipe) -> Recipe:
-    """A named recipe, or one spelled ``FMT:RxC:RULE`` (e.g. ``e4m3:1x128:log2``)."""
+    """A named recipe, or one spelled ``FMT:RxC:RULE[:SEARCH]`` (``e4m3:1x128:log2``,
+    ``e2m1:1x32:rceil:mse``)."""
     if isinstance(name, Recipe):
         return name
     key = name.strip().lower()
     if key in RECIPES:
         return RECIPES[key]
     parts = key.split(":")
-    if len(parts) == 3:
-        return Recipe.make(key, parts[0], parts[1], parts[2])
+    if len(parts) in (3, 4):
+        search = parts[3] if len(parts) == 4 else None
+        return Recipe.make(key, parts[0], parts[1], parts[2], scale_search=search)
     raise FormatNameError(
-        f"unknown recipe {name!r}; known: {', '.join(RECIPES)} or FMT:RxC:RULE (e4m3:1x128:rceil)"
+        f"unknown recipe {name!r}; known: {', '.join(RECIPES)} or FMT:RxC:RULE[:mse] (e4m3:1x128:rceil)"
     )
