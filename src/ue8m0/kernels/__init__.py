@@ -33,8 +33,10 @@ _VIEWS = {
 }
 #: work items per thread the block rows are cut into (for load balance)
 _TASKS_PER_THREAD = 8
+#: dequantize tabulates each block's products when the block has this many elements per code
+_LUT_MIN_ELEMENTS_PER_CODE = 8
 #: input bytes of one quantize task (both passes read it; the second from L2)
-_TASK_BYTES = 256 * 1024
+_TASK_BYTES = 128 * 1024
 
 
 def _as_3d(x: np.ndarray) -> np.ndarray:
@@ -58,8 +60,9 @@ def _chunk(tasks_rows: int, grid_cols: int, run_bytes: int, block_cols: int, thr
 @functools.cache
 def _params(fmt: ElementFormat) -> np.ndarray:
     nan_code = fmt.nan_code if fmt.nan_code is not None else 0
+    max_bits = int(np.float32(fmt.max).view(np.uint32))
     return element_params(
-        fmt.mbits, fmt.bias, fmt.code_of_max, fmt.sign_mask, nan_code, fmt.has_negative_zero
+        fmt.mbits, fmt.bias, max_bits, fmt.sign_mask, nan_code, fmt.has_negative_zero
     )
 
 
@@ -139,5 +142,7 @@ def dequantize(
     with using_threads(threads) as n:
         run = min(br, codes.shape[-2]) * bc * 4
         chunk = _chunk(s3.shape[0] * s3.shape[1], s3.shape[2], run, bc, n)
-        dequantize_kernel(c3, s3, decode_table(fmt), out.reshape(c3.shape), br, bc, chunk)
+        table = decode_table(fmt)
+        lut = min(br, codes.shape[-2]) * bc >= _LUT_MIN_ELEMENTS_PER_CODE * table.shape[0]
+        dequantize_kernel(c3, s3, table, out.reshape(c3.shape), br, bc, chunk, lut)
     return out.view(out_dtype) if bf16 else out

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 F32_EXP = 0x7F800000
@@ -52,6 +53,45 @@ def _bits_f32(typingctx: Any, u: Any) -> Any:
 #: typed as Any for mypy: numba intrinsics are called with the value argument only
 f32_bits: Any = _f32_bits
 bits_f32: Any = _bits_f32
+
+
+@intrinsic
+def _prefetch(typingctx: Any, arr: Any, index: Any) -> Any:
+    if not isinstance(arr, types.Array) or arr.ndim != 1 or not isinstance(index, types.Integer):
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        ary = context.make_array(sig.args[0])(context, builder, value=args[0])
+        ptr = builder.gep(ary.data, [args[1]])
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [ptr, i32(0), i32(3), i32(1)])  # read, keep in all levels, data
+        return context.get_dummy_value()
+
+    return types.void(arr, index), codegen
+
+
+#: ``prefetch(row, i)``: hint the CPU to fetch the cache line of ``row[i]`` (1-D array)
+prefetch: Any = _prefetch
+
+
+@njit(cache=True, inline="always")
+def prefetch_next_task(
+    x: Any, task: int, ntasks: int, gr: int, nchunks: int, br: int, run: int, r: int, width: int
+) -> None:
+    """Prefetch row ``r`` (relative) of the next task's run of ``width`` elements of ``x``.
+
+    Tasks are numbered (batch, block row, chunk of ``run`` columns) in C order; numba hands
+    each thread a contiguous range of them, so the next task is usually this thread's next.
+    """
+    nxt = min(task + 1, ntasks - 1)
+    b = nxt // (gr * nchunks)
+    i = (nxt - b * gr * nchunks) // nchunks
+    c0 = (nxt - b * gr * nchunks - i * nchunks) * run
+    ahead = x[b, min(i * br + r, x.shape[1] - 1), c0 : c0 + width]
+    for c in range(0, ahead.shape[0], max(1, 64 // x.itemsize)):
+        prefetch(ahead, c)
 
 
 def _binop(op: str) -> Any:
@@ -120,22 +160,27 @@ def _widen_impl(u: Any) -> Any:
 
 
 def element_params(
-    mbits: int, bias: int, code_max: int, sign_mask: int, nan_code: int, negzero: bool
+    mbits: int, bias: int, max_bits: int, sign_mask: int, nan_code: int, negzero: bool
 ) -> np.ndarray:
-    """The constants :func:`round_code` takes, as uint32 (see its docstring)."""
+    """The constants :func:`round_code` takes, as uint32 (see its docstring).
+
+    ``max_bits`` is the float32 bit pattern of the format's largest finite value.
+    """
     shift = 23 - mbits
     emin = 1 - bias
+    # code = s - c + (c >> shift) - k2, with c the magic constant of the binade (below)
+    k2 = (127 + shift - bias + 1) << mbits
     return np.array(
         [
             shift,
-            (1 << (shift - 1)) - 1,
-            (127 - bias) << mbits,
-            (emin + 127) << 23,
-            (emin - mbits + 23 + 127) << 23,
-            code_max,
+            max_bits,
+            (emin + 127) << 23,  # the smallest normal: binades below share its quantum
+            shift << 23,  # c = 2**(E + shift): its ulp is the element quantum of binade E
+            (1 << 32) - k2,  # -k2 modulo 2**32
             sign_mask,
             nan_code,
             sign_mask if negzero else 0,
+            31 - sign_mask.bit_length() + 1,  # shifts the float32 sign onto the code's
         ],
         dtype=np.uint32,
     )
@@ -148,28 +193,26 @@ def unpack(p: Any) -> Any:
 
 
 @njit(cache=True, inline="always")
-def round_code(y: Any, p: Any) -> Any:  # p: a tuple of the 9 constants, read outside loops
+def round_code(y: Any, p: Any) -> Any:
     """Element code of float32 ``y`` (uint32): RNE at the element's mantissa, saturate to ±max.
 
-    ``p`` = :func:`element_params` as a tuple (``unpack``): shift ``23 - mbits``, rounding bias ``2**(shift-1) - 1``,
-    exponent rebias, bits of the smallest normal, bits of the "magic" float32 whose ulp is the
-    smallest subnormal, code of max, sign bit, NaN code (0 for formats without NaN), and the
-    sign bit again if the format has a negative zero (0 for FNUZ).
-
-    Normal values: integer RNE on the bit pattern. Values below the smallest normal: one float32
-    add of the magic constant (an exact RNE step at the subnormal quantum). NaN gives the NaN
-    code; the sign of zero is kept where the format has -0. Branch-free 32-bit integer code (the
-    ``u_*`` intrinsics), so the loops vectorise.
+    ``p`` = :func:`unpack` of :func:`element_params`. The magnitude is clamped to the format's
+    max (as the oracle does), then rounded with one float32 add: for a value in binade ``E``
+    (``E`` raised to the format's smallest normal exponent, so subnormals share its quantum),
+    ``c = 2**(E + 23 - mbits)`` has exactly the element quantum as ulp and ``|y| + c`` stays in
+    ``c``'s binade, so the add is the round-to-nearest-even step. The number of quanta above
+    ``c`` plus the code of ``2**E`` is the code, carries into the next binade included.
+    NaN gives the NaN code (0 for formats without NaN); the sign of zero is kept where the
+    format has -0. Branch-free 32-bit integer code (the ``u_*`` intrinsics): loops vectorise.
     """
     yb = f32_bits(y)
-    a = u_and(yb, np.uint32(F32_ABS))
-    sub = u_sub(f32_bits(bits_f32(a) + bits_f32(p[4])), p[4])
-    bumped = u_add(u_add(a, p[1]), u_and(u_shr(a, p[0]), np.uint32(1)))
-    normal = u_sub(u_shr(bumped, p[0]), p[2])
-    code = min(sub if a < p[3] else normal, p[5])
-    sign = p[6] if yb > np.uint32(F32_ABS) else np.uint32(0)
-    sign = sign if code != np.uint32(0) else u_and(sign, p[8])
-    return u_or(code, sign) if a <= np.uint32(F32_EXP) else p[7]
+    a = min(u_and(yb, np.uint32(F32_ABS)), p[1])
+    c = u_add(max(u_and(a, np.uint32(F32_EXP)), p[2]), p[3])
+    s = f32_bits(bits_f32(a) + bits_f32(c))
+    code = u_add(u_add(u_sub(s, c), u_shr(c, p[0])), p[4])
+    sign = u_and(u_shr(yb, p[8]), p[5])
+    sign = sign if code != np.uint32(0) else u_and(sign, p[7])
+    return u_or(code, sign) if u_and(yb, np.uint32(F32_ABS)) <= np.uint32(F32_EXP) else p[6]
 
 
 @njit(cache=True, inline="always")

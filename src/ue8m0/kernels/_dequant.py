@@ -4,29 +4,30 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from ue8m0.kernels._bits import bf16_bits
+from ue8m0.kernels._bits import bf16_bits, prefetch_next_task
 
 
-def store(out: Any, b: int, r: int, c: int, y: Any) -> None:
-    """Write float32 ``y`` to ``out`` (float32, or uint16 bfloat16 bits)."""
+def store(out: Any, k: int, y: Any) -> None:
+    """``out[k] = y`` for float32 ``y``: as is (float32 ``out``) or as bfloat16 bits (uint16)."""
     raise NotImplementedError  # only callable from numba code
 
 
 @overload(store, inline="always")
-def _store_impl(out: Any, b: Any, r: Any, c: Any, y: Any) -> Any:
+def _store_impl(out: Any, k: Any, y: Any) -> Any:
     if out.dtype == types.float32:
 
-        def f32(out: Any, b: Any, r: Any, c: Any, y: Any) -> Any:
-            out[b, r, c] = y
+        def f32(out: Any, k: Any, y: Any) -> Any:
+            out[k] = y
 
         return f32
     if out.dtype == types.uint16:
 
-        def bf16(out: Any, b: Any, r: Any, c: Any, y: Any) -> Any:
-            out[b, r, c] = bf16_bits(y)
+        def bf16(out: Any, k: Any, y: Any) -> Any:
+            out[k] = bf16_bits(y)
 
         return bf16
     return None
@@ -34,24 +35,55 @@ def _store_impl(out: Any, b: Any, r: Any, c: Any, y: Any) -> Any:
 
 @njit(parallel=True, cache=True)
 def dequantize_kernel(
-    codes: Any, scale: Any, table: Any, out: Any, br: int, bc: int, chunk: int
+    codes: Any, scale: Any, table: Any, out: Any, br: int, bc: int, chunk: int, lut: bool
 ) -> None:
-    """``out = table[codes] * scale`` block by block (scale repeated over each block)."""
+    """``out = table[codes] * scale`` block by block (scale repeated over each block).
+
+    Tasks are ``chunk`` blocks of a block row, walked row by row. With ``lut`` each block first
+    tabulates its products for every code (``len(table)`` values, the per-task scratch), so
+    the element loop is a byte-indexed lookup; otherwise it multiplies per element.
+    """
     nb, rows, cols = codes.shape
+    ncodes = table.shape[0]
     gr = (rows + br - 1) // br
     gc = (cols + bc - 1) // bc
     nchunks = (gc + chunk - 1) // chunk
-    for task in prange(nb * gr * nchunks):
+    ntasks = nb * gr * nchunks
+    for task in prange(ntasks):
         b = task // (gr * nchunks)
         rest = task - b * gr * nchunks
         i = rest // nchunks
-        k = rest - i * nchunks
+        j0 = (rest - i * nchunks) * chunk
+        nj = min(j0 + chunk, gc) - j0
         r0 = i * br
         r1 = min(r0 + br, rows)
-        for j in range(k * chunk, min(k * chunk + chunk, gc)):
-            c0 = j * bc
-            c1 = min(c0 + bc, cols)
-            s = scale[b, i, j]
+        ca = j0 * bc
+        width = min(ca + nj * bc, cols) - ca
+        if lut:
+            products = np.empty((nj, ncodes), dtype=out.dtype)
+            for jj in range(nj):
+                s = scale[b, i, j0 + jj]
+                row_lut = products[jj]
+                for k in range(ncodes):
+                    store(row_lut, k, table[k] * s)
             for r in range(r0, r1):
-                for c in range(c0, c1):
-                    store(out, b, r, c, table[codes[b, r, c]] * s)
+                prefetch_next_task(codes, task, ntasks, gr, nchunks, br, chunk * bc, r - r0, width)
+                src = codes[b, r, ca : ca + width]
+                dst = out[b, r, ca : ca + width]
+                for jj in range(nj):
+                    seg = src[jj * bc : jj * bc + bc]
+                    o = dst[jj * bc : jj * bc + bc]
+                    row_lut = products[jj]
+                    for c in range(seg.shape[0]):
+                        o[c] = row_lut[seg[c]]
+        else:
+            for r in range(r0, r1):
+                prefetch_next_task(codes, task, ntasks, gr, nchunks, br, chunk * bc, r - r0, width)
+                src = codes[b, r, ca : ca + width]
+                dst = out[b, r, ca : ca + width]
+                for jj in range(nj):
+                    seg = src[jj * bc : jj * bc + bc]
+                    o = dst[jj * bc : jj * bc + bc]
+                    s = scale[b, i, j0 + jj]
+                    for c in range(seg.shape[0]):
+                        store(o, c, table[seg[c]] * s)

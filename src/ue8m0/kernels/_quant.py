@@ -13,6 +13,7 @@ from ue8m0.kernels._bits import (
     F32_EXP,
     bits_f32,
     f32_bits,
+    prefetch_next_task,
     round_code,
     u_and,
     unpack,
@@ -80,9 +81,9 @@ def quantize_kernel(
     """Quantize ``x`` (batch, rows, cols) into ``codes``/``scale``/``sbytes``; count bad blocks.
 
     A task is ``chunk`` consecutive blocks of one block row, read row by row (long contiguous
-    runs the prefetcher follows): pass 1 takes each block's amax, then the scales are computed
-    and spread into a per-column multiplier row (the per-task scratch), and pass 2 encodes whole
-    row runs (chunks are sized in Python to stay in L2). ``p`` holds the element format's
+    runs the prefetcher follows): pass 1 takes each block's amax into a per-task scratch, then
+    the scales and multipliers are computed, and pass 2 encodes the rows again (chunks are sized
+    in Python to stay in L2). ``p`` holds the element format's
     constants (:func:`~ue8m0.kernels._bits.element_params`). A block holding NaN/Inf gets scale
     NaN, byte 0xFF and NaN-code elements.
     """
@@ -111,7 +112,7 @@ def quantize_kernel(
                 for c in range(seg.shape[0]):
                     top = max(top, u_and(widen(seg[c]), np.uint32(F32_ABS)))
                 amax[jj] = top
-        mult = np.empty(width, dtype=np.float32)
+        mult = np.empty(nj, dtype=np.float32)
         nbad = 0
         for jj in range(nj):
             j = j0 + jj
@@ -131,15 +132,22 @@ def quantize_kernel(
                     sbytes[b, i, j] = byte
                     scale[b, i, j] = pow2(byte - 127)
                     m = pow2(127 - byte)
-            mult[jj * bc : jj * bc + bc] = m
+            mult[jj] = m
         for r in range(r0, r1):
+            prefetch_next_task(
+                x, task, nb * gr * nchunks, gr, nchunks, br, chunk * bc, r - r0, width
+            )
             row = x[b, r, ca : ca + width]
             out = codes[b, r, ca : ca + width]
-            for c in range(width):
-                out[c] = round_code(bits_f32(widen(row[c])) * mult[c], p)
+            for jj in range(nj):
+                seg = row[jj * bc : jj * bc + bc]
+                dst = out[jj * bc : jj * bc + bc]
+                m = mult[jj]
+                for c in range(seg.shape[0]):
+                    dst[c] = round_code(bits_f32(widen(seg[c])) * m, p)
         bad[task] = nbad
         if nbad:
             for jj in range(nj):
                 if amax[jj] >= F32_EXP:
-                    codes[b, r0:r1, ca + jj * bc : ca + jj * bc + bc] = p[7]
+                    codes[b, r0:r1, ca + jj * bc : ca + jj * bc + bc] = p[6]  # the NaN code
     return bad.sum()
