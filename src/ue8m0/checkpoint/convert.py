@@ -57,7 +57,7 @@ def convert_shard(
     progress: Progress | None = None,
     threads: int | None = None,
 ) -> tuple[int, str]:
-    """Write output shard ``shard.name`` of ``dst_root``; returns ``(size, sha256)``."""
+    """Write output shard ``shard.name`` of ``dst_root``; returns ``(size, crc32)``."""
     tick = progress or (lambda n: None)
     src_path = src_root / shard.name
     dst_path = dst_root / shard.name
@@ -75,7 +75,7 @@ def convert_shard(
                     _dequantize(src, src_root, out, task, str(options["dtype"]), tick, threads)
                 else:
                     tick(src.info(task.name).nbytes)
-    return out.size, out.sha256
+    return out.size, out.checksum
 
 
 def _copy(src: SafetensorsFile, out: SafetensorsWriter, task: Task, tick: Progress) -> None:
@@ -95,45 +95,58 @@ def _quantize(
     threads: int | None,
 ) -> None:
     info = src.info(task.name)
-    br, bc = opts.block
-    fmt = element_fmt(opts.fmt)
+    br = opts.block[0]
     scale_tag = SCALE_DTYPES[opts.scale_dtype]
     scale_name = task.outputs[1].name
     grid = task.outputs[1].shape
     scales = np.empty((math.prod(grid[:-2]), *grid[-2:]), np.float32)
     codes = np.empty(scales.shape, np.uint8)
     for lead, r0, r1 in slabs(info.shape, info.itemsize, br):
-        x = src.read_rows(task.name, lead, r0, r1)
-        try:
-            q = quantize(
-                x,
-                block=(br, bc),
-                fmt=fmt,
-                scale_rule=opts.scale_rule,
-                eps=opts.eps,
-                nonfinite=opts.nonfinite,
-                threads=threads,
-            )
-        except NonFiniteError as exc:
-            lead_index = [int(i) for i in np.unravel_index(lead, info.shape[:-2])]
-            where = (*lead_index, r0 // br + exc.block[-2], exc.block[-1])
-            raise CheckpointError(
-                src.path,
-                f"non-finite value {exc.value} in block "
-                f"{where} (--nonfinite "
-                "propagate keeps it as NaN)",
-                task.name,
-            ) from None
+        with src.map_rows(task.name, lead, r0, r1) as x:
+            q = _quantize_slab(x, src, task, opts, threads, info.shape, lead, r0)
         out.write(task.name, q.codes)
         g0 = r0 // br
         scales[lead, g0 : g0 + q.scale.shape[0]] = q.scale
         if q.scale_codes is not None:
             codes[lead, g0 : g0 + q.scale.shape[0]] = q.scale_codes
-        tick(x.nbytes)
+        tick((r1 - r0) * info.shape[-1] * info.itemsize)
     stored = encode_scale(
         scales, codes if opts.scale_rule != ScaleRule.FP32.value else None, scale_tag
     )
     out.write(scale_name, stored.reshape(grid))
+
+
+def _quantize_slab(
+    x: np.ndarray,
+    src: SafetensorsFile,
+    task: Task,
+    opts: QuantizeOptions,
+    threads: int | None,
+    shape: tuple[int, ...],
+    lead: int,
+    r0: int,
+) -> QuantizedTensor:
+    """``ue8m0.quantize`` of one slab; a non-finite value names the tensor and its block."""
+    br, bc = opts.block
+    try:
+        return quantize(
+            x,
+            block=(br, bc),
+            fmt=element_fmt(opts.fmt),
+            scale_rule=opts.scale_rule,
+            eps=opts.eps,
+            nonfinite=opts.nonfinite,
+            threads=threads,
+        )
+    except NonFiniteError as exc:
+        lead_index = [int(i) for i in np.unravel_index(lead, shape[:-2])]
+        where = (*lead_index, r0 // br + exc.block[-2], exc.block[-1])
+        raise CheckpointError(
+            src.path,
+            f"non-finite value {exc.value} in block {where} "
+            "(--nonfinite propagate keeps it as NaN)",
+            task.name,
+        ) from None
 
 
 def _dequantize(
@@ -161,8 +174,10 @@ def _dequantize(
     out_dtype = ml_dtypes.bfloat16 if dtype == "bf16" else np.float32
     br = task.block[0]
     for lead, r0, r1 in slabs(info.shape, info.itemsize, br):
-        x = src.read_rows(task.name, lead, r0, r1)
         s = scale[lead, r0 // br : -(-r1 // br)]
-        q = QuantizedTensor(x.view(fmt.dtype), s, None, fmt, task.block, ScaleRule.FP32)
-        out.write(task.name, dequantize(q, out_dtype, threads=threads))
-        tick(x.nbytes)
+        with src.map_rows(task.name, lead, r0, r1) as x:
+            q = QuantizedTensor(x.view(fmt.dtype), s, None, fmt, task.block, ScaleRule.FP32)
+            deq = dequantize(q, out_dtype, threads=threads)
+            del q
+        out.write(task.name, deq)
+        tick(deq.size * info.itemsize)

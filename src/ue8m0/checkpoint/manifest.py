@@ -1,4 +1,4 @@
-"""The resume manifest: a conversion's parameters and every finished shard (size, sha256).
+"""The resume manifest: a conversion's parameters and every finished shard (size, crc32).
 
 It lives in the destination as ``.ue8m0-manifest.json`` and is rewritten atomically after each
 shard. A rerun with the same parameters skips the shards whose file still matches its record;
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ue8m0.checkpoint.source import MANIFEST_NAME, Checkpoint
-from ue8m0.checkpoint.writer import TMP_SUFFIX, file_sha256, write_json_atomic
+from ue8m0.checkpoint.writer import TMP_SUFFIX, file_checksum, write_json_atomic
 from ue8m0.errors import CheckpointError
 
 VERSION = 1
@@ -77,10 +77,10 @@ class Manifest:
         out = dst / shard
         if record is None or not out.is_file() or out.stat().st_size != record.get("size"):
             return False
-        return file_sha256(out) == record.get("sha256")
+        return file_checksum(out) == record.get("crc32")
 
-    def record(self, shard: str, size: int, sha256: str) -> None:
-        self.shards[shard] = {"size": size, "sha256": sha256}
+    def record(self, shard: str, size: int, checksum: str) -> None:
+        self.shards[shard] = {"size": size, "crc32": checksum}
         self.save()
 
     def finish(self) -> None:

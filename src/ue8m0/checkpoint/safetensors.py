@@ -13,6 +13,8 @@ import json
 import mmap
 import os
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,6 +157,36 @@ class SafetensorsFile:
         offset = self.data_start + info.start + (lead * rows + r0) * row_bytes
         raw = self._pread(offset, (r1 - r0) * row_bytes, name)
         return raw.view(DTYPES[info.dtype]).reshape(r1 - r0, cols)
+
+    @contextmanager
+    def map_rows(self, name: str, lead: int, r0: int, r1: int) -> Iterator[np.ndarray]:
+        """Like :meth:`read_rows` but zero-copy: a read-only view of a private mapping of just
+        those rows (prefaulted), unmapped on exit so the RSS never holds more than the slab."""
+        info = self.info(name)
+        rows, cols = info.shape[-2], info.shape[-1]
+        row_bytes = cols * info.itemsize
+        offset = self.data_start + info.start + (lead * rows + r0) * row_bytes
+        size = (r1 - r0) * row_bytes
+        if size == 0:
+            yield np.zeros((r1 - r0, cols), DTYPES[info.dtype])
+            return
+        base = offset - offset % mmap.ALLOCATIONGRANULARITY
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        mapped = mmap.mmap(
+            self._file.fileno(), offset + size - base, flags=flags, prot=mmap.PROT_READ, offset=base
+        )
+        arr: np.ndarray | None = None
+        try:
+            view = np.frombuffer(mapped, np.uint8, count=size, offset=offset - base)
+            arr = view.view(DTYPES[info.dtype]).reshape(r1 - r0, cols)
+            del view
+            yield arr
+        finally:
+            del arr  # drop the export before closing the map
+            try:
+                mapped.close()
+            except BufferError:  # the caller kept a view; the GC unmaps it later
+                pass
 
     def read_bytes(self, name: str, start: int, stop: int) -> np.ndarray:
         """Bytes ``start:stop`` of the data of tensor ``name`` as a uint8 copy."""
