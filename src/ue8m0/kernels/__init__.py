@@ -16,8 +16,8 @@ import numpy as np
 
 from ue8m0.blocks import resolve_block, scale_grid
 from ue8m0.errors import NonFiniteError
-from ue8m0.formats import ElementFormat, decode_table
-from ue8m0.kernels._bits import element_params
+from ue8m0.formats import ElementFormat, Specials
+from ue8m0.kernels._bits import decode_params, element_params
 from ue8m0.kernels._dequant import dequantize_kernel
 from ue8m0.kernels._quant import quantize_kernel
 from ue8m0.kernels._threads import ENV_VAR, resolve_threads, using_threads
@@ -33,8 +33,6 @@ _VIEWS = {
 }
 #: work items per thread the block rows are cut into (for load balance)
 _TASKS_PER_THREAD = 8
-#: dequantize tabulates each block's products when the block has this many elements per code
-_LUT_MIN_ELEMENTS_PER_CODE = 8
 #: input bytes of one quantize task (both passes read it; the second from L2)
 _TASK_BYTES = 128 * 1024
 
@@ -64,6 +62,14 @@ def _params(fmt: ElementFormat) -> np.ndarray:
     return element_params(
         fmt.mbits, fmt.bias, max_bits, fmt.sign_mask, nan_code, fmt.has_negative_zero
     )
+
+
+@functools.cache
+def _decode_params(fmt: ElementFormat) -> np.ndarray:
+    fn = fmt.specials is Specials.FN
+    nan_mag = fmt.sign_mask - 1 if fn else 0xFFFFFFFF
+    ieee, fnuz = fmt.specials is Specials.IEEE, fmt.specials is Specials.FNUZ
+    return decode_params(fmt.bits, fmt.mbits, fmt.bias, nan_mag, ieee, fnuz)
 
 
 def quantize(
@@ -142,7 +148,5 @@ def dequantize(
     with using_threads(threads) as n:
         run = min(br, codes.shape[-2]) * bc * 4
         chunk = _chunk(s3.shape[0] * s3.shape[1], s3.shape[2], run, bc, n)
-        table = decode_table(fmt)
-        lut = min(br, codes.shape[-2]) * bc >= _LUT_MIN_ELEMENTS_PER_CODE * table.shape[0]
-        dequantize_kernel(c3, s3, table, out.reshape(c3.shape), br, bc, chunk, lut)
+        dequantize_kernel(c3, s3, _decode_params(fmt), out.reshape(c3.shape), br, bc, chunk)
     return out.view(out_dtype) if bf16 else out

@@ -215,6 +215,62 @@ def round_code(y: Any, p: Any) -> Any:
     return u_or(code, sign) if u_and(yb, np.uint32(F32_ABS)) <= np.uint32(F32_EXP) else p[6]
 
 
+def decode_params(
+    bits: int, mbits: int, bias: int, nan_mag: int, ieee: bool, fnuz: bool
+) -> np.ndarray:
+    """The constants :func:`decode` takes, as uint32 (see its docstring)."""
+    sign_mask = 1 << (bits - 1)
+    top = (1 << (bits - 1 - mbits)) - 1  # all-ones exponent field
+    never = 0xFFFFFFFF
+    return np.array(
+        [
+            sign_mask - 1,
+            mbits,
+            (1 << mbits) - 1,
+            23 - mbits,
+            (127 - bias) << 23,
+            np.float32(2.0 ** (1 - bias - mbits)).view(np.uint32),
+            nan_mag,
+            top if ieee else never,
+            sign_mask if fnuz else never,
+            32 - bits,
+            sign_mask,
+        ],
+        dtype=np.uint32,
+    )
+
+
+@njit(cache=True, inline="always")
+def unpack_decode(q: Any) -> Any:
+    """The constants of :func:`decode_params` as a tuple of scalars (hoisted out of loops)."""
+    return (q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7], q[8], q[9], q[10])
+
+
+@njit(cache=True, inline="always")
+def decode(code: Any, q: Any) -> Any:
+    """float32 value of an element code, computed (no table): equal to ``decode_table``.
+
+    ``q`` = :func:`unpack_decode` of :func:`decode_params`: magnitude mask, mbits, mantissa
+    mask, ``23 - mbits``, exponent rebias, float32 bits of the smallest subnormal, the NaN
+    magnitude of FN formats (else never), the all-ones exponent of IEEE formats (else never),
+    the FNUZ NaN code (else never), the shift of the code's sign onto float32's, sign mask.
+    NaN codes give the positive quiet NaN, as the table does.
+    """
+    c = np.uint32(code)
+    mag = u_and(c, q[0])
+    e = u_shr(mag, q[1])
+    mant = u_and(mag, q[2])
+    sign = u_shl(u_and(c, q[10]), q[9])
+    normal = u_add(u_shl(mag, q[3]), q[4])
+    sub = f32_bits(np.float32(mant) * bits_f32(q[5]))
+    v = u_or(sub if e == np.uint32(0) else normal, sign)
+    top = e == q[7]
+    zero_mant = mant == np.uint32(0)
+    v = u_or(np.uint32(F32_EXP), sign) if top & zero_mant else v
+    nan = (mag == q[6]) | (top & ~zero_mant) | (c == q[8])
+    return bits_f32(np.uint32(0x7FC00000) if nan else v)
+
+
 @njit(cache=True, inline="always")
 def bf16_bits(y: Any) -> Any:
     """bfloat16 bits of float32 ``y``, rounded to nearest even (NaN: sign | 0x7FC0, as ml_dtypes)."""

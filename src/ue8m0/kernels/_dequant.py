@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from ue8m0.kernels._bits import bf16_bits, prefetch_next_task
+from ue8m0.kernels._bits import bf16_bits, decode, prefetch_next_task, unpack_decode
 
 
 def store(out: Any, k: int, y: Any) -> None:
@@ -35,16 +34,16 @@ def _store_impl(out: Any, k: Any, y: Any) -> Any:
 
 @njit(parallel=True, cache=True)
 def dequantize_kernel(
-    codes: Any, scale: Any, table: Any, out: Any, br: int, bc: int, chunk: int, lut: bool
+    codes: Any, scale: Any, q: Any, out: Any, br: int, bc: int, chunk: int
 ) -> None:
-    """``out = table[codes] * scale`` block by block (scale repeated over each block).
+    """``out = decode(codes) * scale`` block by block (scale repeated over each block).
 
-    Tasks are ``chunk`` blocks of a block row, walked row by row. With ``lut`` each block first
-    tabulates its products for every code (``len(table)`` values, the per-task scratch), so
-    the element loop is a byte-indexed lookup; otherwise it multiplies per element.
+    Tasks are ``chunk`` blocks of a block row, walked row by row; codes are decoded with
+    integer arithmetic (:func:`~ue8m0.kernels._bits.decode`, constants ``q``), which
+    vectorises where a table lookup would not.
     """
     nb, rows, cols = codes.shape
-    ncodes = table.shape[0]
+    q = unpack_decode(q)
     gr = (rows + br - 1) // br
     gc = (cols + bc - 1) // bc
     nchunks = (gc + chunk - 1) // chunk
@@ -59,31 +58,13 @@ def dequantize_kernel(
         r1 = min(r0 + br, rows)
         ca = j0 * bc
         width = min(ca + nj * bc, cols) - ca
-        if lut:
-            products = np.empty((nj, ncodes), dtype=out.dtype)
+        for r in range(r0, r1):
+            prefetch_next_task(codes, task, ntasks, gr, nchunks, br, chunk * bc, r - r0, width)
+            src = codes[b, r, ca : ca + width]
+            dst = out[b, r, ca : ca + width]
             for jj in range(nj):
+                seg = src[jj * bc : jj * bc + bc]
+                o = dst[jj * bc : jj * bc + bc]
                 s = scale[b, i, j0 + jj]
-                row_lut = products[jj]
-                for k in range(ncodes):
-                    store(row_lut, k, table[k] * s)
-            for r in range(r0, r1):
-                prefetch_next_task(codes, task, ntasks, gr, nchunks, br, chunk * bc, r - r0, width)
-                src = codes[b, r, ca : ca + width]
-                dst = out[b, r, ca : ca + width]
-                for jj in range(nj):
-                    seg = src[jj * bc : jj * bc + bc]
-                    o = dst[jj * bc : jj * bc + bc]
-                    row_lut = products[jj]
-                    for c in range(seg.shape[0]):
-                        o[c] = row_lut[seg[c]]
-        else:
-            for r in range(r0, r1):
-                prefetch_next_task(codes, task, ntasks, gr, nchunks, br, chunk * bc, r - r0, width)
-                src = codes[b, r, ca : ca + width]
-                dst = out[b, r, ca : ca + width]
-                for jj in range(nj):
-                    seg = src[jj * bc : jj * bc + bc]
-                    o = dst[jj * bc : jj * bc + bc]
-                    s = scale[b, i, j0 + jj]
-                    for c in range(seg.shape[0]):
-                        store(o, c, table[seg[c]] * s)
+                for c in range(seg.shape[0]):
+                    store(o, c, decode(seg[c], q) * s)
