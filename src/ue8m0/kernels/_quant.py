@@ -15,7 +15,11 @@ from ue8m0.kernels._bits import (
     f32_bits,
     prefetch_next_task,
     round_code,
+    u_add,
     u_and,
+    u_shl,
+    u_shr,
+    u_sub,
     unpack,
     widen,
 )
@@ -55,11 +59,75 @@ def scale_byte(a: Any, rule: int, fmax: Any, emax: int, mbits: int) -> int:
 
 
 @njit(cache=True, inline="always")
-def pow2(exponent: int) -> Any:
-    """float32 ``2**exponent`` for exponent in [-127, 127] (-127 is a float32 subnormal)."""
-    if exponent == -127:
-        return bits_f32(np.int64(0x00400000))
-    return bits_f32(np.int64(exponent + 127) << 23)
+def byte_value(byte: Any) -> Any:
+    """float32 ``2**(byte - 127)`` of a UE8M0 byte in [0, 254] (byte 0 is a subnormal)."""
+    b = np.uint32(byte)
+    return bits_f32(u_shl(b, np.uint32(23)) if b != np.uint32(0) else np.uint32(0x00400000))
+
+
+@njit(cache=True, inline="always")
+def rceil_byte(a: Any, fmax: Any) -> Any:
+    """The ``rceil`` byte in 32-bit integer code (vectorises; same as :func:`scale_byte`)."""
+    rb = f32_bits(a / fmax)
+    exp = u_shr(rb, np.uint32(23))
+    mant = u_and(rb, np.uint32(0x7FFFFF))
+    normal = min(u_add(exp, np.uint32(mant != np.uint32(0))), np.uint32(254))
+    return normal if exp != np.uint32(0) else np.uint32(mant > np.uint32(0x400000))
+
+
+@njit(cache=True, inline="always")
+def floor_byte(a: Any, emax: Any) -> Any:
+    """The ``floor`` byte in 32-bit integer code (vectorises; same as :func:`scale_byte`)."""
+    exp = u_shr(f32_bits(a), np.uint32(23))
+    return u_sub(exp, emax) if exp > emax else np.uint32(0)
+
+
+@njit(cache=True, inline="always")
+def block_scales(
+    amax: Any,
+    eps: Any,
+    rule: int,
+    fmax: Any,
+    emax: int,
+    mbits: int,
+    scale_row: Any,
+    byte_row: Any,
+    mult: Any,
+) -> int:
+    """Scales, bytes and element multipliers of a run of blocks from their amax bits.
+
+    One loop per rule (vectorised for ``rceil`` and ``floor``). Blocks whose amax is not
+    finite get scale NaN, byte 0xFF and multiplier 1; returns how many there are.
+    """
+    n = amax.shape[0]
+    if rule == FP32:
+        for jj in range(n):
+            s = max(bits_f32(amax[jj]), eps) / fmax
+            scale_row[jj] = s
+            mult[jj] = np.float32(0.0) if s == 0 else np.float32(1.0) / s
+    else:
+        if rule == RCEIL:
+            for jj in range(n):
+                byte_row[jj] = rceil_byte(max(bits_f32(amax[jj]), eps), fmax)
+        elif rule == FLOOR:
+            e = np.uint32(emax)
+            for jj in range(n):
+                byte_row[jj] = floor_byte(max(bits_f32(amax[jj]), eps), e)
+        else:
+            for jj in range(n):
+                byte_row[jj] = scale_byte(max(bits_f32(amax[jj]), eps), rule, fmax, emax, mbits)
+        for jj in range(n):
+            byte = np.uint32(byte_row[jj])
+            scale_row[jj] = byte_value(byte)
+            mult[jj] = byte_value(u_sub(np.uint32(254), byte))
+    nbad = 0
+    for jj in range(n):
+        if amax[jj] >= F32_EXP:
+            nbad += 1
+            byte_row[jj] = 255
+            scale_row[jj] = np.float32(np.nan)
+            mult[jj] = np.float32(1.0)
+    return nbad
 
 
 @njit(parallel=True, cache=True)
@@ -113,26 +181,9 @@ def quantize_kernel(
                     top = max(top, u_and(widen(seg[c]), np.uint32(F32_ABS)))
                 amax[jj] = top
         mult = np.empty(nj, dtype=np.float32)
-        nbad = 0
-        for jj in range(nj):
-            j = j0 + jj
-            if amax[jj] >= F32_EXP:
-                nbad += 1
-                sbytes[b, i, j] = 255
-                scale[b, i, j] = np.float32(np.nan)
-                m = np.float32(1.0)
-            else:
-                a = max(bits_f32(amax[jj]), eps)
-                if rule == FP32:
-                    s = a / fmax
-                    m = np.float32(0.0) if s == 0 else np.float32(1.0) / s
-                    scale[b, i, j] = s
-                else:
-                    byte = scale_byte(a, rule, fmax, emax, mbits)
-                    sbytes[b, i, j] = byte
-                    scale[b, i, j] = pow2(byte - 127)
-                    m = pow2(127 - byte)
-            mult[jj] = m
+        scale_row = scale[b, i, j0 : j0 + nj]
+        byte_row = sbytes[b, i, j0 : j0 + nj]
+        nbad = block_scales(amax, eps, rule, fmax, emax, mbits, scale_row, byte_row, mult)
         for r in range(r0, r1):
             prefetch_next_task(
                 x, task, nb * gr * nchunks, gr, nchunks, br, chunk * bc, r - r0, width
