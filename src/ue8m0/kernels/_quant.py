@@ -15,6 +15,7 @@ from ue8m0.kernels._bits import (
     f32_bits,
     prefetch_next_task,
     round_code,
+    round_code_finite,
     u_add,
     u_and,
     u_shl,
@@ -156,6 +157,9 @@ def quantize_kernel(
     NaN, byte 0xFF and NaN-code elements.
     """
     nb, rows, cols = x.shape
+    # power-of-two multipliers keep finite elements finite; then only the sign of zero
+    # (kept unless the format is FNUZ) needs more than the plain rounding
+    simple = rule != FP32 and p[7] != 0
     p = unpack(p)
     gr = (rows + br - 1) // br
     gc = (cols + bc - 1) // bc
@@ -194,8 +198,12 @@ def quantize_kernel(
                 seg = row[jj * bc : jj * bc + bc]
                 dst = out[jj * bc : jj * bc + bc]
                 m = mult[jj]
-                for c in range(seg.shape[0]):
-                    dst[c] = round_code(bits_f32(widen(seg[c])) * m, p)
+                if simple:
+                    for c in range(seg.shape[0]):
+                        dst[c] = round_code_finite(bits_f32(widen(seg[c])) * m, p)
+                else:
+                    for c in range(seg.shape[0]):
+                        dst[c] = round_code(bits_f32(widen(seg[c])) * m, p)
         bad[task] = nbad
         if nbad:
             for jj in range(nj):
