@@ -37,6 +37,7 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     src = write_checkpoint(base / "src", synthetic_tensors())
     from ue8m0.cli.main import main
 
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
     for args in (
         ["quantize", src, base / "q", "--pad-partial", "-q"],
         ["dequantize", base / "q", base / "dq", "-q"],
@@ -45,6 +46,7 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             main([str(a) for a in args])
         except SystemExit as exc:  # pragma: no cover - only on failure
             assert not exc.code
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before  # SRC never written
     return {"src": src, "q": base / "q", "dq": base / "dq"}
 
 
@@ -237,3 +239,18 @@ def test_reader_reads_what_safetensors_writes(tmp_path: Path) -> None:
             assert got.dtype == arr.dtype and got.shape == arr.shape
             np.testing.assert_array_equal(got.view(np.uint8), arr.view(np.uint8))
             np.testing.assert_array_equal(f.read(name).view(np.uint8), arr.view(np.uint8))
+
+
+def test_dequantize_to_f32_and_dry_run(
+    converted: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run_cli(["dequantize", converted["q"], tmp_path / "f", "--dry-run"], capsys)
+    assert code == 0 and "dequantize" in out and "drop" in out and not (tmp_path / "f").exists()
+    assert (
+        run_cli(["dequantize", converted["q"], tmp_path / "f", "-q", "--dtype", "f32"], capsys)[0]
+        == 0
+    )
+    src, got = _all_tensors(converted["src"]), _all_tensors(tmp_path / "f")
+    for name in QUANTIZED:
+        assert got[name].dtype == np.float32
+        np.testing.assert_array_equal(got[name], ue8m0.dequantize(ue8m0.quantize(src[name])))
