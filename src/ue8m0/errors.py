@@ -35,6 +35,9 @@ class NonFiniteError(Ue8m0Error, ValueError):
         self.block = block
         self.value = value
 
+    def __reduce__(self) -> tuple[type, tuple[str, tuple[int, ...], float]]:
+        return (type(self), (str(self), self.block, self.value))
+
 
 class PlanError(Ue8m0Error, ValueError):
     """A planning input that cannot be used; the message names it and what to use instead."""
@@ -49,3 +52,7 @@ class CheckpointError(Ue8m0Error, ValueError):
         self.path = path
         self.tensor = tensor
         self.reason = reason
+
+    def __reduce__(self) -> tuple[type, tuple[object, str, str | None]]:
+        # rebuilt from its fields, so it crosses process boundaries (worker pools) intact
+        return (type(self), (self.path, self.reason, self.tensor))

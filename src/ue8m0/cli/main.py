@@ -51,8 +51,12 @@ def cli() -> None:
 
     \b
     Examples:
-      ue8m0 demo                         # quantize the bundled MiniLM under every scale rule
-      ue8m0 COMMAND --help               # options and examples of one command
+      ue8m0 demo                       # the whole pipeline on the bundled MiniLM
+      ue8m0 quantize SRC DST           # BF16 checkpoint -> FP8 e4m3 + UE8M0 128x128 scales
+      ue8m0 verify DST --against SRC   # check a converted checkpoint end to end
+      ue8m0 report SRC --out report/   # what each recipe costs, per tensor, with plots
+      ue8m0 plan --model deepseek-v3.1 --chip h20 --chip b200
+      ue8m0 COMMAND --help             # options and examples of one command
 
     Set UE8M0_DEBUG=1 to see full tracebacks.
     """
@@ -61,7 +65,8 @@ def cli() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; known errors become one line on stderr and a non-zero exit."""
     try:
-        cli.main(args=argv, prog_name="ue8m0", standalone_mode=False)
+        # without standalone mode click returns (not raises) a command's ctx.exit(code)
+        rc = cli.main(args=argv, prog_name="ue8m0", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)
@@ -78,6 +83,8 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"ue8m0: error: {message}", err=True)
         sys.exit(exit_code_for(exc))
+    if isinstance(rc, int) and rc:
+        sys.exit(rc)
 
 
 if __name__ == "__main__":  # pragma: no cover
