@@ -98,7 +98,9 @@ def quantize(
             that gives a smaller squared error (:class:`~ue8m0.policies.ScaleSearch`).
         backend: ``auto``/``fast`` use compiled kernels where available, ``reference`` the
             numpy oracle.
-        threads: worker threads of the fast kernels (default: ``UE8M0_NUM_THREADS`` or all).
+        threads: worker threads of the fast kernels; default: the environment variable
+            ``UE8M0_NUM_THREADS``, else every CPU numba sees. Clamped to numba's pool
+            (``NUMBA_NUM_THREADS``); results are byte-identical for any thread count.
 
     Returns:
         A :class:`QuantizedTensor`.
@@ -167,7 +169,8 @@ def dequantize(
     """``data * scale`` (scale repeated over each block) in float32, cast to ``dtype``.
 
     ``dtype`` is ``np.float32`` or ``ml_dtypes.bfloat16`` (rounded to nearest even). Exact for
-    power-of-two scales whenever the product is representable.
+    power-of-two scales whenever the product is representable. ``backend`` and ``threads`` as
+    in :func:`quantize`.
     """
     out_dtype = np.dtype(dtype)
     if out_dtype not in _OUT_DTYPES:
