@@ -62,11 +62,14 @@ def convert_shard(
     src_path = src_root / shard.name
     dst_path = dst_root / shard.name
     dst_path.parent.mkdir(parents=True, exist_ok=True)
+    stats: list[dict[str, object]] = []
     with SafetensorsFile(src_path) as src:
         metadata = output_metadata(src.metadata)
         with SafetensorsWriter(dst_path, shard.specs, metadata) as out:
             for task in shard.tasks:
-                if task.action == "copy":
+                if task.action in ("requantize", "relayout"):
+                    stats.append(_fp8_task(src, src_root, out, task, options, tick, threads))
+                elif task.action == "copy":
                     _copy(src, out, task, tick)
                 elif task.action == "quantize":
                     opts = QuantizeOptions(**options)  # type: ignore[arg-type]
@@ -75,7 +78,29 @@ def convert_shard(
                     _dequantize(src, src_root, out, task, str(options["dtype"]), tick, threads)
                 else:
                     tick(src.info(task.name).nbytes)
+    if kind in ("requantize", "relayout"):
+        from ue8m0.checkpoint.fp8convert import write_stats
+
+        write_stats(dst_root, shard.name, stats)
     return out.size, out.checksum
+
+
+def _fp8_task(
+    src: SafetensorsFile,
+    src_root: Path,
+    out: SafetensorsWriter,
+    task: Task,
+    options: dict[str, object],
+    tick: Progress,
+    threads: int | None,
+) -> dict[str, object]:
+    """A ``requantize`` or ``relayout`` task (:mod:`ue8m0.checkpoint.fp8convert`)."""
+    from ue8m0.checkpoint.fp8convert import relayout_task, requantize_task
+    from ue8m0.checkpoint.requantize import Fp8Options
+
+    opts = Fp8Options(**options)  # type: ignore[arg-type]
+    run = relayout_task if task.action == "relayout" else requantize_task
+    return run(src, src_root, out, task, opts, tick, threads)
 
 
 def _copy(src: SafetensorsFile, out: SafetensorsWriter, task: Task, tick: Progress) -> None:
@@ -136,6 +161,7 @@ def _quantize_slab(
             scale_rule=opts.scale_rule,
             eps=opts.eps,
             nonfinite=opts.nonfinite,
+            scale_search=opts.scale_search,
             threads=threads,
         )
     except NonFiniteError as exc:

@@ -32,6 +32,14 @@ SCALE_TAGS = ("F32", "BF16", "F16", "U8", "F8_E8M0")
 
 #: names the DeepSeek layout writes and the other layouts use for a weight's scale
 SCALE_SUFFIX_DEEPSEEK = "_scale_inv"
+#: compressed-tensors names a weight's scale ``X.weight_scale``
+SCALE_SUFFIX_CT = "_scale"
+
+#: output layouts: DeepSeek-V3.1 (``weight_scale_inv``), compressed-tensors ``float-quantized``
+#: block (``weight_scale``), MXFP8 (1x32 groups, U8 ``weight_scale_inv``, as SGLang/miles write)
+OUT_FORMATS = ("deepseek", "compressed-tensors", "mxfp8")
+#: the MX group: one scale per 32 elements of a row
+MX_BLOCK = (1, 32)
 
 #: (pattern, reason) of tensors kept in high precision by default (slime/miles/DeepSeek list)
 DEFAULT_KEEP: list[tuple[re.Pattern[str], str]] = [
@@ -92,6 +100,92 @@ def fp8_quant_config(
         config["scale_fmt"] = "ue8m0"
     config["modules_to_not_convert"] = not_converted
     return config
+
+
+def mxfp8_quant_config(fmt: str, not_converted: list[str]) -> dict[str, Any]:
+    """The MXFP8 ``quantization_config`` SGLang reads (and miles' ``convert_hf_to_mxfp8``
+    writes): ``quant_method mxfp8``, ``weight_block_size [1, 32]``, ``scale_fmt ue8m0``; vLLM's
+    ``mxfp8`` method reads ``quant_method`` and ``modules_to_not_convert``."""
+    return {
+        "quant_method": "mxfp8",
+        "fmt": fmt,
+        "activation_scheme": "dynamic",
+        "weight_block_size": list(MX_BLOCK),
+        "scale_fmt": "ue8m0",
+        "modules_to_not_convert": not_converted,
+    }
+
+
+def ct_quant_config(block: tuple[int, int], ignore: list[str]) -> dict[str, Any]:
+    """The compressed-tensors ``float-quantized`` block config (llm-compressor's FP8_BLOCK):
+    one group targeting ``Linear``, weights ``strategy: block`` with ``block_structure``, dynamic
+    per-group-of-128 activations; ``ignore`` lists the modules kept in high precision."""
+    return {
+        "quant_method": "compressed-tensors",
+        "format": "float-quantized",
+        "quantization_status": "compressed",
+        "config_groups": {
+            "group_0": {
+                "targets": ["Linear"],
+                "format": "float-quantized",
+                "weights": {
+                    "num_bits": 8,
+                    "type": "float",
+                    "strategy": "block",
+                    "block_structure": [block[0], block[1]],
+                    "symmetric": True,
+                    "dynamic": False,
+                },
+                "input_activations": {
+                    "num_bits": 8,
+                    "type": "float",
+                    "strategy": "group",
+                    "group_size": 128,
+                    "symmetric": True,
+                    "dynamic": True,
+                },
+            }
+        },
+        "ignore": ignore,
+    }
+
+
+def quant_config(
+    out_format: str, fmt: str, block: tuple[int, int], ue8m0: bool, not_converted: list[str]
+) -> dict[str, Any]:
+    """The ``quantization_config`` of an output layout (:data:`OUT_FORMATS`)."""
+    if out_format == "mxfp8":
+        return mxfp8_quant_config(fmt, not_converted)
+    if out_format == "compressed-tensors":
+        return ct_quant_config(block, not_converted)
+    return fp8_quant_config(fmt, block, ue8m0, not_converted)
+
+
+def scale_name(weight: str, out_format: str) -> str:
+    """The name an output layout gives ``weight``'s scale."""
+    return weight + (
+        SCALE_SUFFIX_CT if out_format == "compressed-tensors" else SCALE_SUFFIX_DEEPSEEK
+    )
+
+
+def check_out_format(out_format: str, fmt: str, scale_dtype: str, block: tuple[int, int]) -> None:
+    """Refuse combinations a layout's loaders cannot read."""
+    if out_format not in OUT_FORMATS:
+        raise CheckpointError(
+            "--format", f"unknown {out_format!r}; known: {', '.join(OUT_FORMATS)}"
+        )
+    if out_format == "compressed-tensors":
+        if fmt != "e4m3":
+            raise CheckpointError("--format", "compressed-tensors float-quantized is e4m3 only")
+        if scale_dtype != "f32":
+            raise CheckpointError(
+                "--scale-dtype", "compressed-tensors block scales are floats: use f32"
+            )
+    if out_format == "mxfp8":
+        if scale_dtype != "u8":
+            raise CheckpointError("--scale-dtype", "MXFP8 scales are U8 biased exponents")
+        if block != MX_BLOCK:
+            raise CheckpointError("--block", f"MXFP8 groups are 1x32, not {block[0]}x{block[1]}")
 
 
 def config_block(config: dict[str, Any] | None) -> tuple[int, int] | None:
@@ -169,3 +263,13 @@ def is_power_of_two(scale: np.ndarray) -> np.ndarray:
     normal = (exp > 0) & (exp < 255) & (mant == 0)
     subnormal = (exp == 0) & (mant != 0) & ((mant & (mant - 1)) == 0)
     return (bits >> 31 == 0) & (normal | subnormal)
+
+
+def ue8m0_codes(scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(mask, codes)``: where a float32 scale is ``2**e`` with ``-127 <= e <= 127`` (a UE8M0
+    value), and its byte ``e + 127`` there (0 elsewhere)."""
+    s = np.asarray(scale, dtype=np.float32)
+    frac, exp = np.frexp(s.astype(np.float64))
+    code = exp.astype(np.int64) + 126
+    ok = (frac == 0.5) & (code >= 0) & (code <= 254)
+    return ok, np.where(ok, code, 0).astype(np.uint8)

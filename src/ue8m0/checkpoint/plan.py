@@ -11,24 +11,21 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ue8m0.blocks import parse_block
+from ue8m0.checkpoint.fp8source import find_fp8_weights
 from ue8m0.checkpoint.layout import (
-    FMT_OF_TAG,
     FMTS,
     SCALE_DTYPES,
-    SCALE_SUFFIX_DEEPSEEK,
-    SCALE_TAGS,
-    config_block,
+    check_out_format,
     default_keep_reason,
-    fp8_quant_config,
-    infer_block,
     module_of,
-    scale_candidates,
+    quant_config,
+    scale_name,
 )
 from ue8m0.checkpoint.safetensors import DTYPES, FLOAT_TAGS, FP8_TAGS, TensorInfo
 from ue8m0.checkpoint.source import Checkpoint
 from ue8m0.checkpoint.writer import OutSpec
 from ue8m0.errors import CheckpointError
-from ue8m0.policies import NonFinite, ScaleRule
+from ue8m0.policies import NonFinite, ScaleRule, ScaleSearch
 
 
 @dataclass(frozen=True)
@@ -44,6 +41,8 @@ class QuantizeOptions:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     pad_partial: bool = False
+    format: str = "deepseek"
+    scale_search: str | None = None
 
     def validated(self) -> QuantizeOptions:
         if self.fmt not in FMTS:
@@ -52,11 +51,17 @@ class QuantizeOptions:
         if block[0] < 1 or block[1] < 1:
             raise CheckpointError("--block", "checkpoint blocks need explicit sizes, not -1")
         rule = ScaleRule.parse(self.scale_rule).value
+        check_out_format(self.format, self.fmt, self.scale_dtype, block)
+        search = ScaleSearch.parse(self.scale_search)
+        if search is not ScaleSearch.NONE and rule == "fp32":
+            raise CheckpointError("--scale-search", "mse needs a power-of-two --scale-rule")
         nonfinite = NonFinite.parse(self.nonfinite).value
         if self.scale_dtype not in SCALE_DTYPES:
             raise CheckpointError("--scale-dtype", f"unknown {self.scale_dtype!r}")
         if self.scale_dtype != "f32" and rule == "fp32":
             raise CheckpointError("--scale-dtype", "e8m0/u8 scales need a power-of-two rule")
+        if self.format == "mxfp8" and rule == "fp32":
+            raise CheckpointError("--scale-rule", "MXFP8 scales are powers of two: not fp32")
         for regex in (*self.include, *self.exclude):
             try:
                 re.compile(regex)
@@ -74,6 +79,8 @@ class QuantizeOptions:
             tuple(self.include),
             tuple(self.exclude),
             self.pad_partial,
+            self.format,
+            None if search is ScaleSearch.NONE else search.value,
         )
 
     def params(self) -> dict[str, Any]:
@@ -200,7 +207,7 @@ def plan_quantize(ckpt: Checkpoint, opts: QuantizeOptions) -> Plan:
                 )
                 outs = (
                     OutSpec(info.name, el_tag, info.shape),
-                    OutSpec(info.name + SCALE_SUFFIX_DEEPSEEK, scale_tag, grid),
+                    OutSpec(scale_name(info.name, opts.format), scale_tag, grid),
                 )
                 tasks.append(Task(info.name, "quantize", "", outs, block=opts.block, fmt=opts.fmt))
             else:
@@ -213,8 +220,12 @@ def plan_quantize(ckpt: Checkpoint, opts: QuantizeOptions) -> Plan:
     config = None
     if ckpt.config is not None:
         config = dict(ckpt.config)
-        config["quantization_config"] = fp8_quant_config(
-            opts.fmt, opts.block, opts.scale_rule != "fp32", sorted(set(kept_modules))
+        config["quantization_config"] = quant_config(
+            opts.format,
+            opts.fmt,
+            opts.block,
+            opts.scale_rule != "fp32",
+            sorted(set(kept_modules)),
         )
     plan = Plan("quantize", shards, config, {"command": "quantize", **opts.params()})
     if not any(t.action == "quantize" for t in plan.tasks):
@@ -225,48 +236,20 @@ def plan_quantize(ckpt: Checkpoint, opts: QuantizeOptions) -> Plan:
 def plan_dequantize(ckpt: Checkpoint, dtype: str = "bf16") -> Plan:
     """Plan ``ue8m0 dequantize``: every FP8 weight with its scale (any shard) -> ``dtype``."""
     out_tag = {"bf16": "BF16", "f32": "F32"}[dtype]
-    declared = config_block(ckpt.config)
     consumed: dict[str, str] = {}
     found: dict[str, Task] = {}
-    for info in ckpt.tensors.values():
-        if info.dtype not in FP8_TAGS:
-            continue
-        scale = next((s for s in scale_candidates(info.name) if s in ckpt.tensors), None)
-        path = ckpt.path(ckpt.weight_map[info.name])
-        if scale is None:
-            raise CheckpointError(
-                path,
-                f"FP8 tensor without a scale (looked for {', '.join(scale_candidates(info.name))})",
-                info.name,
-            )
-        sinfo = ckpt.tensors[scale]
-        if sinfo.dtype not in SCALE_TAGS:
-            raise CheckpointError(
-                ckpt.path(ckpt.weight_map[scale]),
-                f"scale dtype {sinfo.dtype} is not one of {SCALE_TAGS}",
-                scale,
-            )
-        if len(info.shape) < 2:
-            raise CheckpointError(
-                path, f"FP8 tensor of shape {info.shape}: need >= 2 dims", info.name
-            )
-        block = infer_block(info.shape, sinfo.shape, declared)
-        if block is None:
-            raise CheckpointError(
-                path,
-                f"scale {scale} of shape {sinfo.shape} does not fit a block grid of {info.shape}",
-                info.name,
-            )
-        consumed[scale] = info.name
-        found[info.name] = Task(
-            info.name,
+    for w in find_fp8_weights(ckpt).values():
+        info = ckpt.tensors[w.name]
+        consumed[w.scale] = w.name
+        found[w.name] = Task(
+            w.name,
             "dequantize",
-            f"{sinfo.dtype} scale {scale}",
-            (OutSpec(info.name, out_tag, info.shape),),
-            scale,
-            ckpt.weight_map[scale],
-            block,
-            FMT_OF_TAG[info.dtype],
+            f"{w.scale_dtype} scale {w.scale}",
+            (OutSpec(w.name, out_tag, info.shape),),
+            w.scale,
+            w.scale_shard,
+            w.block,
+            w.fmt,
         )
     shards = []
     for shard in ckpt.shards:

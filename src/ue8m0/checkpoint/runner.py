@@ -218,7 +218,7 @@ def _warm_up(ckpt: Checkpoint, todo: list[ShardPlan], kind: str, options: dict[s
     seen = set()
     for shard in todo:
         for task in shard.tasks:
-            if task.action not in ("quantize", "dequantize"):
+            if task.action not in ("quantize", "dequantize", "requantize", "relayout"):
                 continue
             info = ckpt.tensors[task.name]
             if info.dtype in seen:
@@ -237,7 +237,15 @@ def _warm_up(ckpt: Checkpoint, todo: list[ShardPlan], kind: str, options: dict[s
                     (1, 1),
                     ScaleRule.FP32,
                 )
-                dequantize(q, ml_dtypes.bfloat16 if options["dtype"] == "bf16" else np.float32)
+                dequantize(q, ml_dtypes.bfloat16 if options.get("dtype") == "bf16" else np.float32)
+                if kind in ("requantize", "relayout"):
+                    quantize(
+                        np.zeros((2, 2), np.float32),
+                        block=(1, 1),
+                        fmt=element_fmt(str(task.fmt)),
+                        scale_rule=options["scale_rule"],
+                        eps=options["eps"],
+                    )
 
 
 _QUANT_KW = ("fmt", "scale_rule", "eps", "nonfinite")

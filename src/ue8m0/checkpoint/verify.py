@@ -14,6 +14,7 @@ import numpy as np
 
 from ue8m0.api import QuantizedTensor, dequantize
 from ue8m0.checkpoint.convert import COPY_BYTES, slabs
+from ue8m0.checkpoint.fp8source import Fp8Reader
 from ue8m0.checkpoint.layout import (
     FMT_OF_TAG,
     SCALE_TAGS,
@@ -217,11 +218,13 @@ def _against_checks(ckpt: Checkpoint, pairs: list[Pair], src: Checkpoint) -> lis
     kept = Check("high-precision tensors identical to the source")
     names = {p.weight for p in pairs}
     worst = 0.0
+    # an FP8 source is compared through its own dequantized (float32) values
+    reader = Fp8Reader(src) if any(t.dtype in FP8_TAGS for t in src.tensors.values()) else None
     for pair in pairs:
         if pair.weight not in src.tensors:
             bound.fail(pair.weight, "not in the source")
             continue
-        worst = max(worst, _compare_pair(ckpt, src, pair, bound))
+        worst = max(worst, _compare_pair(ckpt, src, pair, bound, reader))
     for name, info in ckpt.tensors.items():
         if name in names or is_scale_name(name):
             continue
@@ -241,7 +244,9 @@ def _against_checks(ckpt: Checkpoint, pairs: list[Pair], src: Checkpoint) -> lis
     return [bound, kept]
 
 
-def _compare_pair(ckpt: Checkpoint, src: Checkpoint, pair: Pair, check: Check) -> float:
+def _compare_pair(
+    ckpt: Checkpoint, src: Checkpoint, pair: Pair, check: Check, reader: Fp8Reader | None
+) -> float:
     """Largest elementwise |dequantized - source| / bound over the tensor."""
     fmt = element_fmt(pair.fmt)
     scale = _read_scale(ckpt, pair.scale)
@@ -258,7 +263,10 @@ def _compare_pair(ckpt: Checkpoint, src: Checkpoint, pair: Pair, check: Check) -
             sc = scale[lead, r0 // br : -(-r1 // br)]
             qt = QuantizedTensor(codes.view(fmt.dtype), sc, None, fmt, pair.block, ScaleRule.FP32)
             deq = dequantize(qt, np.float32)
-            ref = s.read_rows(pair.weight, lead, r0, r1).astype(np.float32)
+            if reader is not None and pair.weight in reader.weights:
+                ref = reader.rows(s, pair.weight, lead, r0, r1)
+            else:
+                ref = s.read_rows(pair.weight, lead, r0, r1).astype(np.float32)
             worst = max(worst, _ratio(deq, ref, expand_scale(sc, ref.shape, pair.block), fmt))
     if worst > 1.0:
         check.fail(pair.weight, f"error {worst:.3g}x the bound")

@@ -134,3 +134,39 @@ def run_summary_line(summary: dict[str, Any], dst: Any) -> str:
         f"{summary['seconds']:.1f} s ({summary['input_gb_per_s']:.2f} GB/s), "
         f"peak RSS {summary['peak_rss_mb']:.0f} MB"
     )
+
+
+def run_or_print_plan(
+    ckpt: Any,
+    plan: Any,
+    dst: Any,
+    dry_run: bool,
+    workers: int,
+    quiet: bool,
+    as_json: bool,
+    detail: bool = False,
+) -> Any:
+    """``--dry-run``: print the plan and return None; else run it, print the summary line (or
+    nothing under ``--json``, which the caller prints) and return the run's result."""
+    from ue8m0.checkpoint.runner import run_plan
+
+    if dry_run:
+        if as_json:
+            extra = (
+                {
+                    "tensors_detail": [
+                        {"name": t.name, "action": t.action, "reason": t.reason} for t in plan.tasks
+                    ]
+                }
+                if detail
+                else {}
+            )
+            notes = {"notes": plan.notes} if plan.notes else {}
+            echo_json({**plan.summary(), **extra, **notes})
+        elif not quiet:
+            click.echo(plan_table(plan))
+        return None
+    result = run_plan(ckpt, plan, dst, workers, make_progress(quiet, as_json))
+    if not as_json and not quiet:
+        click.echo(run_summary_line(result.summary(), dst))
+    return result

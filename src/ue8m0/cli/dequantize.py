@@ -6,13 +6,7 @@ from pathlib import Path
 
 import click
 
-from ue8m0.cli._output import (
-    echo_json,
-    make_progress,
-    output_options,
-    plan_table,
-    run_summary_line,
-)
+from ue8m0.cli._output import echo_json, output_options, run_or_print_plan
 
 EXAMPLES = """
 \b
@@ -24,7 +18,8 @@ Examples:
 \b
 Reads F8_E4M3/F8_E5M2 weights with scales named weight_scale_inv (DeepSeek), weight_scale
 (compressed-tensors) or scale (DeepSeek-V4), stored as F32, BF16, F16, U8 (biased exponent) or
-F8_E8M0, in any shard; partial blocks and 3-D experts. Exact for power-of-two scales.
+F8_E8M0, in any shard; partial blocks, MXFP8 1x32 groups and 3-D experts. Exact for
+power-of-two scales.
 Removes quantization_config, writes format: pt metadata and a recomputed total_size.
 """
 
@@ -53,20 +48,11 @@ def dequantize(
 ) -> None:
     """Dequantize an FP8 block-scaled checkpoint to a plain BF16 checkpoint."""
     from ue8m0.checkpoint.plan import plan_dequantize
-    from ue8m0.checkpoint.runner import run_plan
     from ue8m0.checkpoint.source import check_destination, open_checkpoint
 
     ckpt = open_checkpoint(src)
     check_destination(src, dst)
     plan = plan_dequantize(ckpt, dtype)
-    if dry_run:
-        if as_json:
-            echo_json(plan.summary())
-        elif not quiet:
-            click.echo(plan_table(plan))
-        return
-    result = run_plan(ckpt, plan, dst, workers, make_progress(quiet, as_json))
-    if as_json:
+    result = run_or_print_plan(ckpt, plan, dst, dry_run, workers, quiet, as_json)
+    if result is not None and as_json:
         echo_json({**result.summary(), "dst": str(dst)})
-    elif not quiet:
-        click.echo(run_summary_line(result.summary(), dst))

@@ -21,6 +21,8 @@ COMMANDS: dict[str, str] = {
     "eval": "ue8m0.cli.eval:eval_command",
     "quantize": "ue8m0.cli.quantize:quantize",
     "dequantize": "ue8m0.cli.dequantize:dequantize",
+    "requantize": "ue8m0.cli.requantize:requantize",
+    "relayout": "ue8m0.cli.relayout:relayout",
     "verify": "ue8m0.cli.verify:verify",
     "inspect": "ue8m0.cli.inspect:inspect_cmd",
     "report": "ue8m0.cli.report:report",
@@ -54,6 +56,8 @@ def cli() -> None:
       ue8m0 demo                       # the whole pipeline on the bundled MiniLM
       ue8m0 quantize SRC DST           # BF16 checkpoint -> FP8 e4m3 + UE8M0 128x128 scales
       ue8m0 verify DST --against SRC   # check a converted checkpoint end to end
+      ue8m0 requantize SRC DST         # FP32-scale FP8 checkpoint -> UE8M0 scales, with a report
+      ue8m0 relayout SRC DST --to mxfp8  # UE8M0 128x128 -> MXFP8 1x32, lossless
       ue8m0 report SRC --out report/   # what each recipe costs, per tensor, with plots
       ue8m0 plan --model deepseek-v3.1 --chip h20 --chip b200
       ue8m0 COMMAND --help             # options and examples of one command

@@ -6,13 +6,7 @@ from pathlib import Path
 
 import click
 
-from ue8m0.cli._output import (
-    echo_json,
-    make_progress,
-    output_options,
-    plan_table,
-    run_summary_line,
-)
+from ue8m0.cli._output import echo_json, output_options, run_or_print_plan
 
 EXAMPLES = """
 \b
@@ -22,6 +16,9 @@ Examples:
   ue8m0 quantize SRC DST --scale-dtype e8m0 --workers 4
   ue8m0 quantize SRC DST --exclude 'layers\\.0\\.' --dry-run
   ue8m0 quantize SRC DST --include 'lm_head' --include 'proj'
+  ue8m0 quantize SRC DST --scale-search mse          # per block, the better of 2 exponents
+  ue8m0 quantize SRC DST --format compressed-tensors # weight_scale, config_groups (block)
+  ue8m0 quantize SRC DST --format mxfp8              # 1x32 groups, U8 scales
 
 \b
 Output (DeepSeek-V3.1 layout, loaded by transformers, vLLM and SGLang): X.weight F8_E4M3 and
@@ -31,6 +28,9 @@ Kept in high precision: embeddings, lm_head, norms, MoE routers, biases, tensors
 2-D or 3-D, and weights whose dims are not multiples of the block. --pad-partial converts
 those too with a zero-padded block grid (DeepSeek's convention, read by vLLM and SGLang);
 transformers refuses such weights ("not divisible by scale grid").
+--format compressed-tensors writes X.weight_scale (F32) and a float-quantized config_groups
+config (strategy block, block_structure); --format mxfp8 writes 1x32 groups with U8 biased-exponent
+X.weight_scale_inv and quant_method mxfp8 (as SGLang reads MXFP8).
 Rerunning into the same DST resumes; other parameters are refused.
 """
 
@@ -45,7 +45,15 @@ Rerunning into the same DST resumes; other parameters are refused.
     show_default=True,
     help="FP8 element format.",
 )
-@click.option("--block", default="128x128", show_default=True, help="Block shape ROWSxCOLS.")
+@click.option(
+    "--format",
+    "out_format",
+    type=click.Choice(["deepseek", "compressed-tensors", "mxfp8"]),
+    default="deepseek",
+    show_default=True,
+    help="Output layout.",
+)
+@click.option("--block", default=None, help="Block shape ROWSxCOLS [128x128; 1x32 for mxfp8].")
 @click.option(
     "--scale-rule",
     default="rceil",
@@ -54,11 +62,17 @@ Rerunning into the same DST resumes; other parameters are refused.
     help="How a block's scale is chosen; fp32 = amax/max, not a power of two.",
 )
 @click.option(
+    "--scale-search",
+    type=click.Choice(["none", "mse"]),
+    default="none",
+    show_default=True,
+    help="mse: per block, the rule's exponent or the one below, whichever errs less.",
+)
+@click.option(
     "--scale-dtype",
     type=click.Choice(["f32", "e8m0", "u8"]),
-    default="f32",
-    show_default=True,
-    help="Stored scale dtype (e8m0/u8: biased exponent bytes).",
+    default=None,
+    help="Stored scale dtype (e8m0/u8: biased exponent bytes) [f32; u8 for mxfp8].",
 )
 @click.option(
     "--eps",
@@ -104,9 +118,11 @@ def quantize(
     src: Path,
     dst: Path,
     fmt: str,
-    block: str,
+    out_format: str,
+    block: str | None,
     scale_rule: str,
-    scale_dtype: str,
+    scale_search: str,
+    scale_dtype: str | None,
     eps: float,
     nonfinite: str,
     include: tuple[str, ...],
@@ -119,38 +135,25 @@ def quantize(
 ) -> None:
     """Quantize a safetensors checkpoint to FP8 with UE8M0 (or FP32) 128x128 block scales."""
     from ue8m0.checkpoint.plan import QuantizeOptions, plan_quantize
-    from ue8m0.checkpoint.runner import run_plan
     from ue8m0.checkpoint.source import check_destination, open_checkpoint
 
+    mx = out_format == "mxfp8"
     opts = QuantizeOptions(
         fmt,
-        block,  # type: ignore[arg-type]  # parsed by validated()
+        block or ("1x32" if mx else "128x128"),  # type: ignore[arg-type]  # parsed by validated()
         scale_rule,
-        scale_dtype,
+        scale_dtype or ("u8" if mx else "f32"),
         eps,
         nonfinite,
         include,
         exclude,
         pad_partial,
+        out_format,
+        None if scale_search == "none" else scale_search,
     ).validated()
     ckpt = open_checkpoint(src)
     check_destination(src, dst)
     plan = plan_quantize(ckpt, opts)
-    if dry_run:
-        if as_json:
-            echo_json(
-                {
-                    **plan.summary(),
-                    "tensors_detail": [
-                        {"name": t.name, "action": t.action, "reason": t.reason} for t in plan.tasks
-                    ],
-                }
-            )
-        elif not quiet:
-            click.echo(plan_table(plan))
-        return
-    result = run_plan(ckpt, plan, dst, workers, make_progress(quiet, as_json))
-    if as_json:
+    result = run_or_print_plan(ckpt, plan, dst, dry_run, workers, quiet, as_json, detail=True)
+    if result is not None and as_json:
         echo_json({**result.summary(), "dst": str(dst)})
-    elif not quiet:
-        click.echo(run_summary_line(result.summary(), dst))

@@ -21,7 +21,8 @@ Checks: index <-> shards complete and consistent (total_size too); every FP8 wei
 scale of the right shape and dtype; no orphan scales; config.json <-> tensors; scale_fmt ue8m0
 => every scale an exact power of two (lists the tensors where not); no NaN/Inf; with
 --against, every dequantized element within half an FP8 ulp (times its block scale) of the
-source, and every high-precision tensor identical. Exit status 1 when any check fails.
+source (an FP8 source: its dequantized values), and every high-precision tensor identical.
+Exit status 1 when any check fails.
 """
 
 
@@ -30,7 +31,7 @@ source, and every high-precision tensor identical. Exit status 1 when any check 
 @click.option(
     "--against",
     type=click.Path(exists=True, path_type=Path),
-    help="The high-precision source to compare dequantized weights with.",
+    help="The source (high-precision or FP8) to compare dequantized weights with.",
 )
 @output_options
 def verify(ckpt: Path, against: Path | None, quiet: bool, as_json: bool) -> None:

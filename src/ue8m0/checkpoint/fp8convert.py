@@ -1,0 +1,215 @@
+"""Execute ``requantize`` / ``relayout`` tasks of a shard (called by ``convert.convert_shard``).
+
+Each FP8 weight is processed in slabs of whole source block-rows: the slab is dequantized in
+float32, requantized (or relaid out) and written; the new scales are written at the end of the
+tensor. Per-tensor error sums are returned for the report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ue8m0.api import QuantizedTensor, dequantize, quantize
+from ue8m0.checkpoint.fp8source import Fp8Weight, dequantize_rows, load_scale
+from ue8m0.checkpoint.layout import MX_BLOCK, element_fmt, encode_scale, ue8m0_codes
+from ue8m0.checkpoint.plan import Task
+from ue8m0.checkpoint.requantize import STATS_DIR, Fp8Options
+from ue8m0.checkpoint.safetensors import SafetensorsFile
+from ue8m0.checkpoint.writer import SafetensorsWriter, write_json_atomic
+from ue8m0.errors import CheckpointError, NonFiniteError
+from ue8m0.layouts import mx_relayout
+from ue8m0.metrics import ErrorStats, expand_blocks, saturated_mask
+from ue8m0.search import refine_mse
+
+Progress = Callable[[int], None]
+
+
+def _weight(src: SafetensorsFile, task: Task) -> Fp8Weight:
+    assert task.scale and task.scale_shard and task.block and task.fmt
+    info = src.info(task.name)
+    return Fp8Weight(task.name, task.scale, task.scale_shard, info.dtype, task.block, task.fmt)
+
+
+def _slabs(shape: tuple[int, ...], block_rows: int) -> Any:
+    from ue8m0.checkpoint.convert import slabs
+
+    # 8 bytes per element: the float64 error sums dominate the temporaries
+    return slabs(shape, 8, block_rows)
+
+
+def _requantize_slab(
+    x: np.ndarray, block: tuple[int, int], opts: Fp8Options, fmt: str, threads: int | None
+) -> tuple[QuantizedTensor, QuantizedTensor | None]:
+    """(result, plain-rule result when the MSE search changed it) of quantizing ``x``."""
+    el = element_fmt(fmt)
+    q = quantize(x, block, el, opts.scale_rule, opts.eps, opts.nonfinite, threads=threads)
+    if opts.scale_search != "mse":
+        return q, None
+    assert q.scale_codes is not None
+    codes, scale, scale_codes = refine_mse(x, block, el, q.codes, q.scale_codes)
+    best = QuantizedTensor(codes.view(el.dtype), scale, scale_codes, el, block, q.scale_rule)
+    return best, q
+
+
+def _keep_source_blocks(
+    q: QuantizedTensor, raw: np.ndarray, s: np.ndarray, mask: np.ndarray, codes: np.ndarray
+) -> QuantizedTensor:
+    """``q`` with the blocks of ``mask`` (power-of-two source scales) taken from the source."""
+    if not mask.any():
+        return q
+    full = expand_blocks(mask, q.shape, q.block)
+    data = np.where(full, raw.view(np.uint8), q.codes).view(q.fmt.dtype)
+    scale = np.where(mask, s, q.scale).astype(np.float32)
+    assert q.scale_codes is not None
+    scale_codes = np.where(mask, codes, q.scale_codes).astype(np.uint8)
+    return QuantizedTensor(data, scale, scale_codes, q.fmt, q.block, q.scale_rule)
+
+
+def requantize_task(
+    src: SafetensorsFile,
+    src_root: Path,
+    out: SafetensorsWriter,
+    task: Task,
+    opts: Fp8Options,
+    tick: Progress,
+    threads: int | None,
+) -> dict[str, Any]:
+    """Requantize one FP8 weight (to its own block, or to 1x32 for MXFP8); error sums."""
+    w = _weight(src, task)
+    info = src.info(task.name)
+    scale = load_scale(src_root, w)
+    out_block = MX_BLOCK if opts.to == "mxfp8" else w.block
+    copy = out_block == w.block
+    grid = task.outputs[1].shape
+    scales = np.empty((math.prod(grid[:-2]), *grid[-2:]), np.float32)
+    codes = np.empty(scales.shape, np.uint8)
+    stats, base_err, copied = ErrorStats(), 0.0, 0
+    br = w.block[0]
+    for lead, r0, r1 in _slabs(info.shape, br):
+        raw = src.read_rows(task.name, lead, r0, r1)
+        s = scale[lead, r0 // br : -(-r1 // br)]
+        x = dequantize_rows(raw, scale[lead], w.block, w.fmt, r0, threads)
+        try:
+            q, base = _requantize_slab(x, out_block, opts, w.fmt, threads)
+        except NonFiniteError as exc:
+            raise CheckpointError(
+                src.path, f"non-finite value {exc.value} in block {exc.block}", task.name
+            ) from None
+        if copy:
+            mask, scodes = ue8m0_codes(s)
+            copied += int(np.count_nonzero(mask))
+            q = _keep_source_blocks(q, raw, s, mask, scodes)
+            if base is not None:
+                base = _keep_source_blocks(base, raw, s, mask, scodes)
+        approx = dequantize(q, np.float32, threads=threads)
+        stats.update(x, approx, saturated_mask(x, q))
+        if base is not None:
+            d = dequantize(base, np.float32, threads=threads).astype(np.float64) - x
+            base_err += float(np.sum(d * d))
+        out.write(task.name, q.codes)
+        g0, g1 = r0 // out_block[0], r0 // out_block[0] + q.scale.shape[-2]
+        scales[lead, g0:g1] = q.scale
+        assert q.scale_codes is not None
+        codes[lead, g0:g1] = q.scale_codes
+        tick(raw.nbytes)
+    out.write(task.outputs[1].name, encode_scale(scales, codes, task.outputs[1].dtype))
+    result = stats.result()
+    row: dict[str, Any] = {
+        "name": task.name,
+        "shape": list(info.shape),
+        "mode": "requantized",
+        "blocks": int(scale.size),
+        "blocks_copied": copied,
+        **{k: result[k] for k in ("rel_frobenius", "max_abs_error", "cosine", "sqnr_db")},
+        "saturated": result["saturated"],
+        "flushed": result["flushed"],
+        "err_sq": stats.err_sq,
+        "ref_sq": stats.ref_sq,
+    }
+    if opts.scale_search == "mse":
+        row["rule_err_sq"] = base_err
+    return row
+
+
+def relayout_task(
+    src: SafetensorsFile,
+    src_root: Path,
+    out: SafetensorsWriter,
+    task: Task,
+    opts: Fp8Options,
+    tick: Progress,
+    threads: int | None,
+) -> dict[str, Any]:
+    """Lossless 1x32 relayout of a weight with power-of-two scales (checked value by value)."""
+    w = _weight(src, task)
+    info = src.info(task.name)
+    scale = load_scale(src_root, w)
+    grid = task.outputs[1].shape
+    codes = np.empty((math.prod(grid[:-2]), *grid[-2:]), np.uint8)
+    el = element_fmt(w.fmt)
+    br = w.block[0]
+    eps_fallbacks, ref_sq = 0, 0.0
+    for lead, r0, r1 in _slabs(info.shape, br):
+        raw = src.read_rows(task.name, lead, r0, r1)
+        s = scale[lead, r0 // br : -(-r1 // br)]
+        x = dequantize_rows(raw, scale[lead], w.block, w.fmt, r0, threads)
+        ref_sq += float(np.sum(np.square(x, dtype=np.float64)))
+        if opts.scales == "repeat":
+            _, sc = ue8m0_codes(s)
+            out.write(task.name, raw)
+            codes[lead, r0:r1] = mx_relayout(sc, raw.shape, block=w.block, group=MX_BLOCK[1])
+        else:
+            q = quantize(x, MX_BLOCK, el, "rceil", opts.eps, threads=threads)
+            if not _same_values(q, x, threads):
+                # a tiny group's eps-raised scale would round it: the exact scale instead
+                eps_fallbacks += 1
+                q = quantize(x, MX_BLOCK, el, "rceil", 0.0, threads=threads)
+                if not _same_values(q, x, threads):
+                    raise CheckpointError(
+                        src.path, f"relayout of rows {r0}:{r1} would not be lossless", task.name
+                    )
+            assert q.scale_codes is not None
+            out.write(task.name, q.codes)
+            codes[lead, r0:r1] = q.scale_codes
+        tick(raw.nbytes)
+    out.write(task.outputs[1].name, codes.reshape(grid))
+    return {
+        "name": task.name,
+        "shape": list(info.shape),
+        "mode": f"lossless ({opts.scales})",
+        "blocks": int(scale.size),
+        "eps_fallback_slabs": eps_fallbacks,
+        "rel_frobenius": 0.0,
+        "max_abs_error": 0.0,
+        "cosine": 1.0,
+        "saturated": 0.0,
+        "flushed": 0.0,
+        "err_sq": 0.0,
+        "ref_sq": ref_sq,
+    }
+
+
+def _same_values(q: QuantizedTensor, x: np.ndarray, threads: int | None) -> bool:
+    return bool(np.array_equal(dequantize(q, np.float32, threads=threads), x))
+
+
+def write_stats(dst_root: Path, shard: str, rows: list[dict[str, Any]]) -> None:
+    """The per-tensor metrics of one output shard, next to it (hidden, read by the report)."""
+    path = dst_root / STATS_DIR / (shard.replace("/", "__") + ".json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, rows)
+
+
+def read_stats(dst_root: Path, shards: list[str]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for shard in shards:
+        path = dst_root / STATS_DIR / (shard.replace("/", "__") + ".json")
+        if path.is_file():
+            rows.extend(json.loads(path.read_text(encoding="utf-8")))
+    return rows

@@ -1,0 +1,80 @@
+"""``ue8m0 relayout SRC DST --to mxfp8``: UE8M0 128x128 blocks -> MXFP8 1x32 groups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ue8m0.cli._output import output_options
+from ue8m0.cli.requantize import run_fp8_command
+
+EXAMPLES = """
+\b
+Examples:
+  ue8m0 relayout ./DeepSeek-V3.1 ./DeepSeek-V3.1-MXFP8 --to mxfp8 --workers 8
+  ue8m0 relayout SRC DST --to mxfp8 --scales repeat
+  ue8m0 relayout SRC DST --to mxfp8 --dry-run     # which tensors are lossless
+
+\b
+Writes 1x32 groups along the input dim: X.weight F8_E4M3 and X.weight_scale_inv U8 biased
+exponents [N, ceil(K/32)], config quant_method mxfp8, weight_block_size [1, 32], scale_fmt
+ue8m0 (as SGLang and miles' convert_hf_to_mxfp8 write MXFP8). Lossless where the source scales
+are powers of two: by default each group gets its canonical rceil scale (identical to
+ue8m0.quantize(dequantized, block=(1, 32)), checked value by value); --scales repeat copies the
+element bytes and repeats each source scale byte. Tensors whose scales are not powers of two
+are dequantized and requantized (lossy) and listed, with their error.
+"""
+
+
+@click.command(epilog=EXAMPLES)
+@click.argument("src", type=click.Path(exists=True, path_type=Path))
+@click.argument("dst", type=click.Path(path_type=Path))
+@click.option(
+    "--to",
+    "to",
+    type=click.Choice(["mxfp8"]),
+    default="mxfp8",
+    show_default=True,
+    help="Target layout.",
+)
+@click.option(
+    "--scales",
+    type=click.Choice(["canonical", "repeat"]),
+    default="canonical",
+    show_default=True,
+    help="canonical: each group's own rceil scale; repeat: the source scale byte repeated.",
+)
+@click.option("--eps", type=float, default=1e-4, show_default=True, help="Lower bound on amax.")
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(path_type=Path),
+    help="Also write the per-tensor report to PATH.json and PATH.md.",
+)
+@click.option("--dry-run", is_flag=True, help="Print the plan (tensors, bytes, shards) only.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes over shards.",
+)
+@output_options
+def relayout(
+    src: Path,
+    dst: Path,
+    to: str,
+    scales: str,
+    eps: float,
+    report_path: Path | None,
+    dry_run: bool,
+    workers: int,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Relayout a UE8M0 block-scaled FP8 checkpoint to MXFP8 (lossless)."""
+    from ue8m0.checkpoint.requantize import Fp8Options
+
+    opts = Fp8Options(to, "rceil", "u8", eps, "raise", None, scales).validated()
+    run_fp8_command("relayout", src, dst, opts, report_path, dry_run, workers, quiet, as_json)

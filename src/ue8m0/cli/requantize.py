@@ -1,0 +1,137 @@
+"""``ue8m0 requantize SRC DST``: FP8 with FP32 (non-power-of-two) block scales -> UE8M0."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ue8m0.cli._output import echo_json, output_options, run_or_print_plan, table
+
+EXAMPLES = """
+\b
+Examples:
+  ue8m0 requantize ./Qwen3-4B-FP8 ./Qwen3-4B-FP8-UE8M0 --report req
+  ue8m0 requantize ./DeepSeek-V3 ./DeepSeek-V3-UE8M0 --scale-search mse --workers 8
+  ue8m0 requantize SRC DST --format compressed-tensors
+  ue8m0 requantize SRC DST --dry-run
+
+\b
+Reads DeepSeek (weight_scale_inv) and compressed-tensors float-quantized block (weight_scale)
+checkpoints. Each block is dequantized in float32 (never through bf16) and quantized again with
+the power-of-two rule (rceil: DeepSeek-V3.1 / DeepGEMM); blocks whose scale already is a power
+of two are copied byte for byte, so an already-UE8M0 checkpoint comes out identical.
+--scale-search mse picks, per block, the rule's exponent or the one below it (the largest
+elements then saturate), whichever gives the smaller squared error; the report shows the gain.
+Output: the DeepSeek-V3.1 layout (scale_fmt ue8m0) or --format compressed-tensors.
+Per-tensor errors against the source's dequantized values are printed (--report PATH also
+writes PATH.json and PATH.md). Rerunning into the same DST resumes.
+"""
+
+
+@click.command(epilog=EXAMPLES)
+@click.argument("src", type=click.Path(exists=True, path_type=Path))
+@click.argument("dst", type=click.Path(path_type=Path))
+@click.option(
+    "--format",
+    "out_format",
+    type=click.Choice(["deepseek", "compressed-tensors"]),
+    default="deepseek",
+    show_default=True,
+    help="Output layout.",
+)
+@click.option(
+    "--scale-rule",
+    default="rceil",
+    show_default=True,
+    type=click.Choice(["rceil", "log2", "floor", "ceil", "even"]),
+    help="Power-of-two rule for the new scales.",
+)
+@click.option(
+    "--scale-search",
+    type=click.Choice(["none", "mse"]),
+    default="none",
+    show_default=True,
+    help="mse: per block, the rule's exponent or the one below, whichever errs less.",
+)
+@click.option(
+    "--scale-dtype",
+    type=click.Choice(["f32", "e8m0", "u8"]),
+    default="f32",
+    show_default=True,
+    help="Stored scale dtype (deepseek layout; e8m0/u8: biased exponent bytes).",
+)
+@click.option("--eps", type=float, default=1e-4, show_default=True, help="Lower bound on amax.")
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(path_type=Path),
+    help="Also write the per-tensor report to PATH.json and PATH.md.",
+)
+@click.option("--dry-run", is_flag=True, help="Print the plan (tensors, bytes, shards) only.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes over shards.",
+)
+@output_options
+def requantize(
+    src: Path,
+    dst: Path,
+    out_format: str,
+    scale_rule: str,
+    scale_search: str,
+    scale_dtype: str,
+    eps: float,
+    report_path: Path | None,
+    dry_run: bool,
+    workers: int,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Requantize an FP8 checkpoint with FP32 block scales to power-of-two (UE8M0) scales."""
+    from ue8m0.checkpoint.requantize import Fp8Options
+
+    opts = Fp8Options(
+        out_format, scale_rule, scale_dtype, eps, "raise", scale_search, "canonical"
+    ).validated()
+    run_fp8_command("requantize", src, dst, opts, report_path, dry_run, workers, quiet, as_json)
+
+
+def run_fp8_command(
+    kind: str,
+    src: Path,
+    dst: Path,
+    opts: object,
+    report_path: Path | None,
+    dry_run: bool,
+    workers: int,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Plan, run and report ``requantize`` / ``relayout``."""
+    from ue8m0.checkpoint.requant_report import build_report, report_rows, total_line, write_report
+    from ue8m0.checkpoint.requantize import plan_fp8
+    from ue8m0.checkpoint.source import check_destination, open_checkpoint
+
+    ckpt = open_checkpoint(src)
+    check_destination(src, dst)
+    plan = plan_fp8(ckpt, kind, opts)  # type: ignore[arg-type]
+    result = run_or_print_plan(ckpt, plan, dst, dry_run, workers, quiet, as_json, detail=True)
+    if result is None:
+        return
+    report = build_report(plan, dst)
+    written = write_report(report, report_path) if report_path is not None else None
+    if as_json:
+        echo_json({**result.summary(), "dst": str(dst), "report": report})
+        return
+    if quiet:
+        return
+    click.echo(table(*report_rows(report)))
+    click.echo(total_line(report))
+    for note in plan.notes:
+        click.echo(f"note: {note}")
+    if written is not None:
+        click.echo(f"report: {written[0]}, {written[1]}")
