@@ -84,3 +84,72 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
         code = int(exc.code or 0)
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def all_tensors(root: Path) -> dict[str, np.ndarray]:
+    """Every tensor of every shard of ``root`` (copies)."""
+    from ue8m0.checkpoint.safetensors import SafetensorsFile
+
+    out: dict[str, np.ndarray] = {}
+    for shard in sorted(root.glob("*.safetensors")):
+        with SafetensorsFile(shard) as f:
+            out.update({k: np.array(f.get(k)) for k in f.keys()})
+    return out
+
+
+def visible_files(root: Path) -> dict[str, bytes]:
+    """The bytes of every non-hidden file of ``root`` (manifest and stats left out)."""
+    return {p.name: p.read_bytes() for p in sorted(root.iterdir()) if not p.name.startswith(".")}
+
+
+def ct_fp8_block_checkpoint(root: Path, seed: int = 0) -> Path:
+    """An FP8_BLOCK checkpoint written by compressed-tensors' own compressor (what
+    llm-compressor's ``model_free_ptq`` does per weight, minus its observer): per-128x128-block
+    amax/448 scales from ``calculate_qparams`` (BF16, the weight dtype), weights compressed by
+    the ``float-quantized`` compressor, config from ``ModelCompressor.update_config``."""
+    torch = pytest.importorskip("torch")
+    ct = pytest.importorskip("compressed_tensors")
+    from compressed_tensors.compressors import ModelCompressor, compress_module
+    from compressed_tensors.quantization import (
+        QuantizationConfig,
+        initialize_module_for_quantization,
+        preset_name_to_scheme,
+    )
+    from compressed_tensors.quantization.utils import calculate_qparams
+    from safetensors.torch import save_file
+
+    assert ct.__version__
+    gen = torch.Generator().manual_seed(seed)
+    scheme = preset_name_to_scheme("FP8_BLOCK", ["Linear"])
+    br, bc = scheme.weights.block_structure
+    shapes = {
+        "model.layers.0.self_attn.q_proj": (256, 256),
+        "model.layers.0.mlp.up_proj": (384, 256),
+        "model.layers.0.mlp.down_proj": (256, 384),
+    }
+    state: dict[str, Any] = {}
+    for module, (n, k) in shapes.items():
+        w = (torch.randn(n, k, generator=gen) * 0.02).to(torch.bfloat16)
+        lin = torch.nn.Linear(k, n, bias=False, dtype=torch.bfloat16)
+        lin.weight.data.copy_(w)
+        initialize_module_for_quantization(lin, scheme, force_zero_point=False)
+        blocks = w.float().reshape(n // br, br, k // bc, bc)
+        scale, _ = calculate_qparams(
+            blocks.amin(dim=(1, 3)), blocks.amax(dim=(1, 3)), scheme.weights
+        )
+        lin.weight_scale.data.copy_(scale)
+        compress_module(lin)
+        state.update({f"{module}.{name}": t for name, t in lin.state_dict().items()})
+    state["model.embed_tokens.weight"] = torch.randn(64, 256, generator=gen).to(torch.bfloat16)
+    state["model.norm.weight"] = torch.ones(256, dtype=torch.bfloat16)
+    root.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(root / "model.safetensors"), metadata={"format": "pt"})
+    (root / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    qc = QuantizationConfig(
+        config_groups={"group_0": scheme},
+        format="float-quantized",
+        quantization_status="compressed",
+        ignore=["lm_head", "model.embed_tokens"],
+    )
+    ModelCompressor(quantization_config=qc).update_config(str(root))
+    return root

@@ -39,10 +39,11 @@ def build_report(plan: Plan, dst: Path) -> dict[str, Any]:
     }
     if search:
         for r in rows:
-            r.update(_gain(r.get("rule_err_sq", 0.0), r["err_sq"]))
+            r.update(_gain(r.get("rule_err_sq", 0.0), r.get("search_err_sq", 0.0)))
         rule_err = sum(r.get("rule_err_sq", 0.0) for r in rows)
         total["rule_rel_frobenius"] = math.sqrt(rule_err / ref) if ref else 0.0
-        total.update(_gain(rule_err, err))
+        total["blocks_lowered"] = sum(r.get("blocks_lowered", 0) for r in rows)
+        total.update(_gain(rule_err, sum(r.get("search_err_sq", 0.0) for r in rows)))
     lossy = [r["name"] for r in rows if r["mode"] == "requantized"]
     return {
         "command": plan.kind,
@@ -67,7 +68,7 @@ def report_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     for r in report["tensors"]:
         row = [r["name"], r["mode"], *(_fmt(r[c]) for c in COLUMNS)]
         if search:
-            row.append(f"{r['gain_db']:.3f}")
+            row.append(f"{r['gain_db']:.4f}")
         out.append(row)
     return headers, out
 
@@ -86,9 +87,10 @@ def total_line(report: dict[str, Any]) -> str:
         line += f"; {t['tensors'] - lossy} lossless, {lossy} requantized"
     if "gain_db" in t:
         line += (
-            f"; --scale-search mse: {t['gain_db']:.3f} dB better than the plain rule "
+            f"; --scale-search mse lowered {t['blocks_lowered']} blocks' exponent, "
+            f"{t['gain_db']:.4f} dB better than the plain rule "
             f"(rel. Frobenius {t['rule_rel_frobenius']:.6f} -> {t['rel_frobenius']:.6f}, "
-            f"squared error -{100 * t['error_reduction']:.1f} %)"
+            f"squared error -{100 * t['error_reduction']:.3g} %)"
         )
     return line
 
