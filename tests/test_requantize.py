@@ -229,3 +229,20 @@ def test_requantize_refuses_a_checkpoint_without_fp8(
 ) -> None:
     code, _, err = run_cli(["requantize", ckpts["src"], tmp_path / "x"], capsys)
     assert code == 2 and "no FP8 weights" in err
+
+
+def test_report_reads_an_fp8_checkpoint_as_its_dequantized_values(
+    ckpts: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f32 = tmp_path / "f32"
+    assert run_cli(["dequantize", ckpts["fp32"], f32, "--dtype", "f32", "-q"], capsys)[0] == 0
+    docs = []
+    for ckpt in (ckpts["fp32"], f32):
+        code, out, err = run_cli(["report", ckpt, "--json", "--recipe", "rceil"], capsys)
+        assert code == 0, err
+        docs.append(json.loads(out))
+    fp8 = {t["name"]: t for t in docs[0]["tensors"]}
+    plain = {t["name"]: t for t in docs[1]["tensors"]}
+    assert len(fp8) == len(plain) and not any(n.endswith("_scale_inv") for n in fp8)
+    for name, row in fp8.items():
+        assert row["recipes"] == plain[name]["recipes"], name
