@@ -44,10 +44,23 @@ def targets(results: dict[str, Any]) -> list[tuple[str, float | None, float, str
     ]
     for mode in ("rceil", "floor"):
         ours, theirs = f"ue8m0 quantize 1x32 {mode}", f"torchao to_mx 1x32 {mode}"
-        rows.append((f"1x32 {mode} quantize vs torchao to_mx, 1 thread", _ratio(results, ours, theirs), 10.0, "x"))
-    rows.append(("dequantize e4m3 -> bf16 vs copy, 1 thread", _ratio(results, DEQ_BF16, COPY), 0.5, "x"))
-    rows.append(("128x128 quantize, 2 threads vs 1", _ratio(results, FAST128, FAST128, 2, 1), 1.7, "x"))
-    rows.append(("dequantize -> bf16, 2 threads vs 1", _ratio(results, DEQ_BF16, DEQ_BF16, 2, 1), 1.7, "x"))
+        rows.append(
+            (
+                f"1x32 {mode} quantize vs torchao to_mx, 1 thread",
+                _ratio(results, ours, theirs),
+                10.0,
+                "x",
+            )
+        )
+    rows.append(
+        ("dequantize e4m3 -> bf16 vs copy, 1 thread", _ratio(results, DEQ_BF16, COPY), 0.5, "x")
+    )
+    rows.append(
+        ("128x128 quantize, 2 threads vs 1", _ratio(results, FAST128, FAST128, 2, 1), 1.7, "x")
+    )
+    rows.append(
+        ("dequantize -> bf16, 2 threads vs 1", _ratio(results, DEQ_BF16, DEQ_BF16, 2, 1), 1.7, "x")
+    )
     first = warm["import"] + warm["quantize"]
     rows.append(("warm first call (import + quantize), fresh process", first, 1.0, "s"))
     return rows
@@ -93,7 +106,11 @@ def _versions(results: dict[str, Any]) -> str:
     import numba
     import numpy as np
 
-    parts = [f"numpy {np.__version__}", f"numba {numba.__version__}", f"ml_dtypes {ml_dtypes.__version__}"]
+    parts = [
+        f"numpy {np.__version__}",
+        f"numba {numba.__version__}",
+        f"ml_dtypes {ml_dtypes.__version__}",
+    ]
     parts += [f"{k} {v}" for k, v in results["peers"].get("versions", {}).items()]
     return ", ".join(parts)
 
@@ -123,7 +140,11 @@ def markdown(results: dict[str, Any]) -> str:
         "|---|---:|---:|---|",
     ]
     for name, value, want, unit in targets(results):
-        ok = "skipped" if value is None else ("yes" if (value <= want if unit == "s" else value >= want) else "no")
+        ok = (
+            "skipped"
+            if value is None
+            else ("yes" if (value <= want if unit == "s" else value >= want) else "no")
+        )
         op = "≤" if unit == "s" else "≥"
         out.append(f"| {name} | {_fmt(value, 2)}{unit} | {op} {want}{unit} | {ok} |")
     agree = results["peers"].get("agree", {})
@@ -136,7 +157,9 @@ def markdown(results: dict[str, Any]) -> str:
         "MX): " + ", ".join(f"{k} {100 * v:.4f}%" for k, v in agree.items()) + ".",
     ]
     if "compile_s" in results["peers"]:
-        out.append(f"torch.compile first call (cold inductor cache): {results['peers']['compile_s']:.1f} s.")
+        out.append(
+            f"torch.compile first call (cold inductor cache): {results['peers']['compile_s']:.1f} s."
+        )
     out += [
         "",
         "First call in a fresh process (256x256 bf16): "
@@ -146,12 +169,19 @@ def markdown(results: dict[str, Any]) -> str:
         f"{lat['warm']['quantize']:.2f} s + dequantize {lat['warm']['dequantize']:.2f} s "
         "(median of 3 processes).",
         "",
-        "Peak extra memory of one 128x128 quantize of this tensor (fresh process; outputs "
-        f"{mem['fast']['outputs'] / 1e6:.1f} MB): fast path numpy-traced "
-        f"{mem['fast']['traced_peak'] / 1e6:.1f} MB, RSS high-water delta "
-        f"{mem['fast']['rss_peak_delta'] / 1e6:.1f} MB; oracle numpy-traced "
-        f"{mem['reference']['traced_peak'] / 1e6:.0f} MB, RSS delta "
-        f"{mem['reference']['rss_peak_delta'] / 1e6:.0f} MB.",
+        "Peak memory of one 128x128 quantize of this tensor beyond its outputs "
+        f"({mem['fast']['outputs'] / 1e6:.1f} MB), fresh process: fast path "
+        f"{(mem['fast']['traced_peak'] - mem['fast']['outputs']) / 1e6:.2f} MB numpy-traced, "
+        f"RSS high-water {(mem['fast']['rss_peak_delta'] - mem['fast']['outputs']) / 1e6:.1f} MB "
+        "(per-task scratch is a few hundred bytes); oracle "
+        f"{(mem['reference']['traced_peak'] - mem['reference']['outputs']) / 1e6:.0f} MB "
+        f"numpy-traced, RSS high-water "
+        f"{(mem['reference']['rss_peak_delta'] - mem['reference']['outputs']) / 1e6:.0f} MB.",
+        "",
+        "Allocating and first-touching a fresh output (what every call pays; the copy does "
+        "not): "
+        + ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in results["alloc_s"].items())
+        + f" (copy of the input: {1e3 * results['times'][COPY]['1']:.1f} ms).",
         "",
         "![quantize/dequantize throughput](img/bench_kernels.png)",
         "",

@@ -8,23 +8,14 @@ Not a test and not imported by the package.
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
-
-def _median(fn: Callable[[], Any], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+from bench_kernels import make_tensor, median_time
 
 
 def main() -> None:
@@ -40,7 +31,7 @@ def main() -> None:
     import ue8m0
 
     out["versions"]["torch"] = torch.__version__
-    x_np = _tensor(rows, cols)
+    x_np = make_tensor(rows, cols)
     x = torch.from_numpy(x_np.view(np.int16)).view(torch.bfloat16)
 
     def eager() -> torch.Tensor:  # DeepSeek-style 128x128 block quantization
@@ -73,8 +64,8 @@ def main() -> None:
         out["versions"]["torchao"] = torchao.__version__
         for mode in ("floor", "rceil"):
             scaling = getattr(ScaleCalculationMode, mode.upper())
-            fns[f"torchao_to_mx_{mode}"] = (
-                lambda scaling=scaling: to_mx(x, torch.float8_e4m3fn, 32, scaling)
+            fns[f"torchao_to_mx_{mode}"] = lambda scaling=scaling: to_mx(
+                x, torch.float8_e4m3fn, 32, scaling
             )
     except ImportError:
         out["skipped"]["torchao"] = "torchao not installed"
@@ -83,7 +74,7 @@ def main() -> None:
         torch.set_num_threads(threads)
         for name, fn in fns.items():
             fn()
-            out["times"][f"{name}@{threads}"] = _median(fn, repeats)
+            out["times"][f"{name}@{threads}"] = median_time(fn, repeats, warmup=False)
     for name, fn in fns.items():
         result = fn()
         if name.startswith("torchao"):
@@ -94,12 +85,6 @@ def main() -> None:
             want = ref
         out["agree"][name] = float(np.mean(codes == want))
     print(json.dumps(out))
-
-
-def _tensor(rows: int, cols: int) -> np.ndarray:
-    """The benchmark tensor: ``randn * 0.02`` as bfloat16, seed 0 (same in both processes)."""
-    rng = np.random.default_rng(0)
-    return (rng.standard_normal((rows, cols), dtype=np.float32) * 0.02).astype(ml_dtypes.bfloat16)
 
 
 if __name__ == "__main__":

@@ -76,24 +76,6 @@ def _prefetch(typingctx: Any, arr: Any, index: Any) -> Any:
 prefetch: Any = _prefetch
 
 
-@njit(cache=True, inline="always")
-def prefetch_next_task(
-    x: Any, task: int, ntasks: int, gr: int, nchunks: int, br: int, run: int, r: int, width: int
-) -> None:
-    """Prefetch row ``r`` (relative) of the next task's run of ``width`` elements of ``x``.
-
-    Tasks are numbered (batch, block row, chunk of ``run`` columns) in C order; numba hands
-    each thread a contiguous range of them, so the next task is usually this thread's next.
-    """
-    nxt = min(task + 1, ntasks - 1)
-    b = nxt // (gr * nchunks)
-    i = (nxt - b * gr * nchunks) // nchunks
-    c0 = (nxt - b * gr * nchunks - i * nchunks) * run
-    ahead = x[b, min(i * br + r, x.shape[1] - 1), c0 : c0 + width]
-    for c in range(0, ahead.shape[0], max(1, 64 // x.itemsize)):
-        prefetch(ahead, c)
-
-
 def _binop(op: str) -> Any:
     """An intrinsic ``op(a, b)`` on two integers of one type that keeps the type.
 

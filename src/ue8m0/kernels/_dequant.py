@@ -7,7 +7,8 @@ from typing import Any
 from numba import njit, prange, types
 from numba.extending import overload
 
-from ue8m0.kernels._bits import bf16_bits, decode, prefetch_next_task, unpack_decode
+from ue8m0.kernels._bits import bf16_bits, decode, unpack_decode
+from ue8m0.kernels._tasks import prefetch_next_task, task_grid, task_span
 
 
 def store(out: Any, k: int, y: Any) -> None:
@@ -42,24 +43,12 @@ def dequantize_kernel(
     integer arithmetic (:func:`~ue8m0.kernels._bits.decode`, constants ``q``), which
     vectorises where a table lookup would not.
     """
-    nb, rows, cols = codes.shape
     q = unpack_decode(q)
-    gr = (rows + br - 1) // br
-    gc = (cols + bc - 1) // bc
-    nchunks = (gc + chunk - 1) // chunk
-    ntasks = nb * gr * nchunks
+    ntasks = task_grid(codes.shape, br, bc, chunk)[3]
     for task in prange(ntasks):
-        b = task // (gr * nchunks)
-        rest = task - b * gr * nchunks
-        i = rest // nchunks
-        j0 = (rest - i * nchunks) * chunk
-        nj = min(j0 + chunk, gc) - j0
-        r0 = i * br
-        r1 = min(r0 + br, rows)
-        ca = j0 * bc
-        width = min(ca + nj * bc, cols) - ca
+        b, i, j0, nj, r0, r1, ca, width = task_span(task, codes.shape, br, bc, chunk)
         for r in range(r0, r1):
-            prefetch_next_task(codes, task, ntasks, gr, nchunks, br, chunk * bc, r - r0, width)
+            prefetch_next_task(codes, task, ntasks, br, bc, chunk, r - r0, width)
             src = codes[b, r, ca : ca + width]
             dst = out[b, r, ca : ca + width]
             for jj in range(nj):

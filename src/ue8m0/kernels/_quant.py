@@ -13,7 +13,6 @@ from ue8m0.kernels._bits import (
     F32_EXP,
     bits_f32,
     f32_bits,
-    prefetch_next_task,
     round_code,
     round_code_finite,
     u_add,
@@ -24,6 +23,7 @@ from ue8m0.kernels._bits import (
     unpack,
     widen,
 )
+from ue8m0.kernels._tasks import prefetch_next_task, task_grid, task_span
 
 # rule ids, in the order of ScaleRule
 RCEIL, LOG2, FLOOR, CEIL, EVEN, FP32 = range(6)
@@ -156,25 +156,14 @@ def quantize_kernel(
     constants (:func:`~ue8m0.kernels._bits.element_params`). A block holding NaN/Inf gets scale
     NaN, byte 0xFF and NaN-code elements.
     """
-    nb, rows, cols = x.shape
     # power-of-two multipliers keep finite elements finite; then only the sign of zero
     # (kept unless the format is FNUZ) needs more than the plain rounding
     simple = rule != FP32 and p[7] != 0
     p = unpack(p)
-    gr = (rows + br - 1) // br
-    gc = (cols + bc - 1) // bc
-    nchunks = (gc + chunk - 1) // chunk
-    bad = np.zeros(nb * gr * nchunks, dtype=np.int64)  # per task (no parfor reduction)
-    for task in prange(nb * gr * nchunks):
-        b = task // (gr * nchunks)
-        rest = task - b * gr * nchunks
-        i = rest // nchunks
-        j0 = (rest - i * nchunks) * chunk
-        nj = min(j0 + chunk, gc) - j0
-        r0 = i * br
-        r1 = min(r0 + br, rows)
-        ca = j0 * bc
-        width = min(ca + nj * bc, cols) - ca
+    ntasks = task_grid(x.shape, br, bc, chunk)[3]
+    bad = np.zeros(ntasks, dtype=np.int64)  # per task (no parfor reduction)
+    for task in prange(ntasks):
+        b, i, j0, nj, r0, r1, ca, width = task_span(task, x.shape, br, bc, chunk)
         amax = np.zeros(nj, dtype=np.uint32)
         for r in range(r0, r1):
             row = x[b, r, ca : ca + width]  # slices: loops from 0 vectorise (no wraparound)
@@ -189,9 +178,7 @@ def quantize_kernel(
         byte_row = sbytes[b, i, j0 : j0 + nj]
         nbad = block_scales(amax, eps, rule, fmax, emax, mbits, scale_row, byte_row, mult)
         for r in range(r0, r1):
-            prefetch_next_task(
-                x, task, nb * gr * nchunks, gr, nchunks, br, chunk * bc, r - r0, width
-            )
+            prefetch_next_task(x, task, ntasks, br, bc, chunk, r - r0, width)
             row = x[b, r, ca : ca + width]
             out = codes[b, r, ca : ca + width]
             for jj in range(nj):
