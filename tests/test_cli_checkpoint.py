@@ -12,7 +12,9 @@ from ckpt_fixtures import run_cli, synthetic_tensors, write_checkpoint
 from ue8m0.checkpoint.safetensors import SafetensorsFile
 
 
-@pytest.mark.parametrize("command", ["quantize", "dequantize", "verify", "inspect", "demo"])
+@pytest.mark.parametrize(
+    "command", ["quantize", "dequantize", "verify", "inspect", "demo", "requantize", "relayout"]
+)
 def test_help_shows_examples(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli([command, "--help"], capsys)
     assert code == 0
