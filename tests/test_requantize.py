@@ -100,14 +100,24 @@ def test_requantized_output_verifies_against_its_fp8_source(
         assert all(c["passed"] for c in json.loads(text)["checks"])
 
 
+@pytest.mark.parametrize("scale_dtype", ["f32", "e8m0", "u8"])
 def test_already_ue8m0_checkpoint_comes_out_byte_identical(
-    ckpts: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    scale_dtype: str, ckpts: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = run_cli(["requantize", ckpts["ue8m0"], tmp_path / "again", "--json"], capsys)
+    """Whatever dtype the source stores its UE8M0 scales in (``--scale-dtype auto`` keeps it)."""
+    src = ckpts["ue8m0"]
+    if scale_dtype != "f32":
+        src = tmp_path / "src"
+        code, _, err = run_cli(
+            ["quantize", ckpts["src"], src, "--pad-partial", "-q", "--scale-dtype", scale_dtype],
+            capsys,
+        )
+        assert code == 0, err
+    code, out, err = run_cli(["requantize", src, tmp_path / "again", "--json"], capsys)
     assert code == 0, err
     total = json.loads(out)["report"]["total"]
     assert total["blocks_copied"] == total["blocks"] > 0 and total["rel_frobenius"] == 0
-    assert visible_files(tmp_path / "again") == visible_files(ckpts["ue8m0"])
+    assert visible_files(tmp_path / "again") == visible_files(src)
 
 
 def test_rq1_float32_path_and_per_block_copy(

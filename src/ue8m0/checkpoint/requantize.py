@@ -50,7 +50,7 @@ class Fp8Options:
 
     to: str = "deepseek"
     scale_rule: str = "rceil"
-    scale_dtype: str = "f32"
+    scale_dtype: str = "auto"
     eps: float = 1e-4
     nonfinite: str = "raise"
     scale_search: str | None = None
@@ -61,12 +61,12 @@ class Fp8Options:
         if not rule.is_power_of_two:
             raise CheckpointError("--scale-rule", "requantize needs a power-of-two rule")
         search = ScaleSearch.parse(self.scale_search)
-        if self.scale_dtype not in SCALE_DTYPES:
+        if self.scale_dtype != "auto" and self.scale_dtype not in SCALE_DTYPES:
             raise CheckpointError("--scale-dtype", f"unknown {self.scale_dtype!r}")
         if self.scales not in ("canonical", "repeat"):
             raise CheckpointError("--scales", f"unknown {self.scales!r}")
         block = MX_BLOCK if self.to == "mxfp8" else (128, 128)
-        check_out_format(self.to, "e4m3", self.scale_dtype, block)
+        check_out_format(self.to, "e4m3", self.resolved_scale_dtype(None), block)
         if self.eps < 0 or not np.isfinite(self.eps):
             raise CheckpointError("--eps", f"must be finite and >= 0, got {self.eps}")
         return Fp8Options(
@@ -81,6 +81,19 @@ class Fp8Options:
 
     def params(self) -> dict[str, Any]:
         return asdict(self)
+
+    def resolved_scale_dtype(self, source_tag: str | None) -> str:
+        """``--scale-dtype`` for one tensor: ``auto`` keeps a DeepSeek-layout source's scale
+        dtype when the output can store it (F32, U8, F8_E8M0), else the layout's default
+        (f32; u8 for MXFP8)."""
+        if self.scale_dtype != "auto":
+            return self.scale_dtype
+        if self.to == "mxfp8":
+            return "u8"
+        by_tag = {tag: name for name, tag in SCALE_DTYPES.items()}
+        if self.to == "deepseek" and source_tag in by_tag:
+            return by_tag[source_tag]
+        return "f32"
 
 
 def _scale_is_ue8m0(ckpt: Checkpoint, weight: Fp8Weight) -> tuple[int, int]:
@@ -118,7 +131,7 @@ def _fp8_task(ckpt: Checkpoint, w: Fp8Weight, kind: str, opts: Fp8Options) -> Ta
                 "scales not powers of two" if not all_pow2 else f"block {w.block} straddles groups"
             )
             reason = f"{why}: dequantized and requantized (lossy)"
-    scale_tag = SCALE_DTYPES[opts.scale_dtype]
+    scale_tag = SCALE_DTYPES[opts.resolved_scale_dtype(w.scale_dtype)]
     outs = (
         OutSpec(w.name, info.dtype, info.shape),
         OutSpec(scale_name(w.name, opts.to), scale_tag, _grid(info.shape, out_block)),

@@ -56,10 +56,11 @@ writes PATH.json and PATH.md). Rerunning into the same DST resumes.
 )
 @click.option(
     "--scale-dtype",
-    type=click.Choice(["f32", "e8m0", "u8"]),
-    default="f32",
+    type=click.Choice(["auto", "f32", "e8m0", "u8"]),
+    default="auto",
     show_default=True,
-    help="Stored scale dtype (deepseek layout; e8m0/u8: biased exponent bytes).",
+    help="Stored scale dtype (e8m0/u8: biased exponent bytes; auto: the source's when the "
+    "layout can store it, else f32).",
 )
 @click.option("--eps", type=float, default=1e-4, show_default=True, help="Lower bound on amax.")
 @click.option(
