@@ -53,6 +53,23 @@ def median_time(fn: Callable[[], Any], repeats: int, warmup: bool = True) -> flo
     return statistics.median(times)
 
 
+def paired_times(fns: dict[int, Callable[[], Any]], repeats: int) -> dict[int, float]:
+    """Median seconds per thread count, the counts alternating run by run.
+
+    On a shared machine another job can take a core for a while; alternating gives every
+    thread count the same share of that noise, so their ratio stays meaningful.
+    """
+    for fn in fns.values():
+        fn()
+    times: dict[int, list[float]] = {n: [] for n in fns}
+    for _ in range(repeats):
+        for n, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[n].append(time.perf_counter() - t)
+    return {n: statistics.median(ts) for n, ts in times.items()}
+
+
 def make_tensor(rows: int, cols: int) -> np.ndarray:
     rng = np.random.default_rng(0)
     return (rng.standard_normal((rows, cols), dtype=np.float32) * 0.02).astype(ml_dtypes.bfloat16)
@@ -190,14 +207,17 @@ def main() -> None:
 
     dst = np.empty_like(x)
     pcopy = _parallel_copy()
-    times["np.copyto (memory bandwidth proxy)"] = {
-        1: median_time(lambda: np.copyto(dst, x), args.repeats),
-    }
     import numba
 
-    numba.set_num_threads(2)
-    times["np.copyto (memory bandwidth proxy)"][2] = median_time(
-        lambda: pcopy(dst.view(np.uint16), x.view(np.uint16)), args.repeats
+    def copy_with(n: int) -> None:
+        if n == 1:
+            np.copyto(dst, x)
+        else:
+            numba.set_num_threads(n)
+            pcopy(dst.view(np.uint16), x.view(np.uint16))
+
+    times["np.copyto (memory bandwidth proxy)"] = paired_times(
+        {n: lambda n=n: copy_with(n) for n in THREADS}, args.repeats
     )
     fresh = {
         "e4m3 codes": lambda: np.empty(x.shape, np.uint8).fill(0),
@@ -205,7 +225,7 @@ def main() -> None:
     }
     alloc_s = {k: median_time(fn, args.repeats) for k, fn in fresh.items()}
     for name, fn in fast_cases(x).items():
-        times[name] = {n: median_time(lambda fn=fn, n=n: fn(n), args.repeats) for n in THREADS}
+        times[name] = paired_times({n: lambda fn=fn, n=n: fn(n) for n in THREADS}, args.repeats)
     kept: list[Any] = []
     times["ue8m0 oracle (numpy) 128x128 rceil"] = {
         1: median_time(
