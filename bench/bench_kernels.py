@@ -17,6 +17,7 @@ of ``docs/benchmarks.md`` (other sections are kept) and ``docs/img/bench_kernels
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -83,7 +84,7 @@ def _parallel_copy() -> Callable[[np.ndarray, np.ndarray], None]:
         for r in prange(src.shape[0]):
             dst[r] = src[r]
 
-    return copy  # type: ignore[no-any-return]
+    return copy
 
 
 def ml_dtypes_pipeline(x: np.ndarray) -> np.ndarray:
@@ -217,7 +218,7 @@ def main() -> None:
             pcopy(dst.view(np.uint16), x.view(np.uint16))
 
     times["np.copyto (memory bandwidth proxy)"] = paired_times(
-        {n: lambda n=n: copy_with(n) for n in THREADS}, args.repeats
+        {n: functools.partial(copy_with, n) for n in THREADS}, args.repeats
     )
     fresh = {
         "e4m3 codes": lambda: np.empty(x.shape, np.uint8).fill(0),
@@ -225,7 +226,7 @@ def main() -> None:
     }
     alloc_s = {k: median_time(fn, args.repeats) for k, fn in fresh.items()}
     for name, fn in fast_cases(x).items():
-        times[name] = paired_times({n: lambda fn=fn, n=n: fn(n) for n in THREADS}, args.repeats)
+        times[name] = paired_times({n: functools.partial(fn, n) for n in THREADS}, args.repeats)
     kept: list[Any] = []
     times["ue8m0 oracle (numpy) 128x128 rceil"] = {
         1: median_time(

@@ -7,6 +7,7 @@ Not a test and not imported by the package.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -64,8 +65,8 @@ def main() -> None:
         out["versions"]["torchao"] = torchao.__version__
         for mode in ("floor", "rceil"):
             scaling = getattr(ScaleCalculationMode, mode.upper())
-            fns[f"torchao_to_mx_{mode}"] = lambda scaling=scaling: to_mx(
-                x, torch.float8_e4m3fn, 32, scaling
+            fns[f"torchao_to_mx_{mode}"] = functools.partial(
+                to_mx, x, torch.float8_e4m3fn, 32, scaling
             )
     except ImportError:
         out["skipped"]["torchao"] = "torchao not installed"

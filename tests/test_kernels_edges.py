@@ -113,7 +113,9 @@ BLOCKS = [(128, 128), (1, 128), (1, 32), (-1, -1), (1, -1), (-1, 128), (3, 5), (
 def test_partial_blocks_and_batches(block: tuple[int, int], dtype: type) -> None:
     rng = np.random.default_rng(5)
     for shape in [(130, 257), (3, 67, 129), (2, 2, 9, 33)]:
-        x = (rng.standard_normal(shape) * 10.0 ** rng.integers(-6, 4, shape)).astype(dtype)
+        x: np.ndarray = (rng.standard_normal(shape) * 10.0 ** rng.integers(-6, 4, shape)).astype(
+            dtype
+        )
         for fmt in (ELEMENT_FORMATS[0], ELEMENT_FORMATS[1], ELEMENT_FORMATS[6]):
             q = assert_same_quantize(x, block, fmt, ScaleRule.RCEIL, 1e-4)
             for out in (np.float32, ml_dtypes.bfloat16):
@@ -180,7 +182,7 @@ def test_one_and_two_threads_give_identical_bytes() -> None:
 def test_thread_count_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
     import numba
 
-    pool = int(numba.config.NUMBA_NUM_THREADS)
+    pool = int(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
     monkeypatch.delenv(kernels.ENV_VAR, raising=False)
     assert kernels.resolve_threads(None) == pool
     assert kernels.resolve_threads(1) == 1

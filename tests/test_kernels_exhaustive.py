@@ -24,7 +24,7 @@ def test_every_pattern_as_its_own_block(
     fmt: ElementFormat, rule: ScaleRule, dtype: type, eps: float
 ) -> None:
     """(65536, 1) with block (1, 1): each pattern is the amax of its block (the scale rules)."""
-    x = ALL_BITS.view(dtype).reshape(-1, 1)
+    x: np.ndarray = ALL_BITS.view(dtype).reshape(-1, 1)
     assert_same_quantize(x, (1, 1), fmt, rule, eps)
 
 
@@ -36,7 +36,7 @@ def test_every_pattern_in_full_blocks(
     fmt: ElementFormat, rule: ScaleRule, dtype: type, block: tuple[int, int]
 ) -> None:
     """(512, 128): neighbouring patterns share a scale (the element rounding at every scale)."""
-    x = ALL_BITS.view(dtype).reshape(512, 128)
+    x: np.ndarray = ALL_BITS.view(dtype).reshape(512, 128)
     assert_same_quantize(x, block, fmt, rule, 1e-4)
 
 
