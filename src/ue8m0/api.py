@@ -78,6 +78,7 @@ def quantize(
     nonfinite: str | NonFinite = "raise",
     *,
     scale_search: str | ScaleSearch | None = None,
+    out: np.ndarray | None = None,
     backend: str = "auto",
     threads: int | None = None,
 ) -> QuantizedTensor:
@@ -96,6 +97,10 @@ def quantize(
         nonfinite: ``raise`` or ``propagate`` (:class:`~ue8m0.policies.NonFinite`).
         scale_search: ``none`` or ``mse``: per block, take the exponent below the rule's when
             that gives a smaller squared error (:class:`~ue8m0.policies.ScaleSearch`).
+        out: a preallocated array for the element codes (reuse one buffer across calls):
+            C-contiguous, writeable, ``x``'s shape, dtype ``uint8`` or ``fmt``'s ml_dtypes
+            dtype, not overlapping ``x``. The result's ``data`` is a view of it. Both backends
+            give the same bytes as without ``out``; after an error its contents are undefined.
         backend: ``auto``/``fast`` use compiled kernels where available, ``reference`` the
             numpy oracle.
         threads: worker threads of the fast kernels; default: the environment variable
@@ -119,13 +124,41 @@ def quantize(
     search = ScaleSearch.parse(scale_search)
     if search is ScaleSearch.MSE and not rule.is_power_of_two:
         raise FormatNameError("scale_search='mse' needs a power-of-two scale rule, not 'fp32'")
+    out_codes = None
+    if out is not None:
+        out_codes = _check_out(out, arr.shape, (np.dtype(np.uint8), np.dtype(fmt_.dtype)), [x, arr])
+        out_codes = out_codes.view(np.uint8)
     codes, scale, scale_codes = _dispatch_quantize(
-        arr, block_, fmt_, rule, eps_, policy, backend, threads
+        arr, block_, fmt_, rule, eps_, policy, backend, threads, out_codes
     )
     if search is ScaleSearch.MSE:
         assert scale_codes is not None
         codes, scale, scale_codes = refine_mse(arr, block_, fmt_, codes, scale_codes)
+    if out_codes is not None and codes is not out_codes:
+        np.copyto(out_codes, codes)  # the reference backend and scale_search allocate
+        codes = out_codes
     return QuantizedTensor(codes.view(fmt_.dtype), scale, scale_codes, fmt_, block_, rule)
+
+
+def _check_out(
+    out: Any, shape: tuple[int, ...], dtypes: tuple[np.dtype, ...], inputs: list[Any]
+) -> np.ndarray:
+    """``out`` if it is a usable output buffer (see ``out`` of :func:`quantize`), else raise."""
+    if not isinstance(out, np.ndarray):
+        raise InputError(f"out must be a numpy array, got {type(out).__name__}")
+    if tuple(out.shape) != tuple(shape):
+        raise InputError(f"out has shape {tuple(out.shape)}, expected {tuple(shape)}")
+    if out.dtype not in dtypes:
+        wanted = " or ".join(str(d) for d in dtypes)
+        raise InputError(f"out has dtype {out.dtype}, expected {wanted}")
+    if not out.flags.c_contiguous:
+        raise InputError("out must be C-contiguous")
+    if not out.flags.writeable:
+        raise InputError("out is read-only")
+    for a in inputs:
+        if isinstance(a, np.ndarray) and np.may_share_memory(out, a):
+            raise InputError("out overlaps an input array; pass a separate buffer")
+    return out
 
 
 def _dispatch_quantize(
@@ -137,11 +170,12 @@ def _dispatch_quantize(
     policy: NonFinite,
     backend: str,
     threads: int | None,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     if backend != "reference":
         fast = _fast_backend()
         if fast is not None:
-            return fast.quantize(arr, block, fmt, rule, eps, policy, threads)
+            return fast.quantize(arr, block, fmt, rule, eps, policy, threads, out=out)
         if backend == "fast":
             raise FormatNameError("backend 'fast' is not available (numba kernels not importable)")
     return reference.quantize(arr, block, fmt, rule, eps, policy)
@@ -163,14 +197,16 @@ def dequantize(
     q: QuantizedTensor,
     dtype: Any = np.float32,
     *,
+    out: np.ndarray | None = None,
     backend: str = "auto",
     threads: int | None = None,
 ) -> np.ndarray:
     """``data * scale`` (scale repeated over each block) in float32, cast to ``dtype``.
 
     ``dtype`` is ``np.float32`` or ``ml_dtypes.bfloat16`` (rounded to nearest even). Exact for
-    power-of-two scales whenever the product is representable. ``backend`` and ``threads`` as
-    in :func:`quantize`.
+    power-of-two scales whenever the product is representable. ``out``: a preallocated result
+    (C-contiguous, writeable, ``q``'s shape, dtype ``dtype``, not overlapping ``q``'s arrays),
+    filled and returned. ``backend`` and ``threads`` as in :func:`quantize`.
     """
     out_dtype = np.dtype(dtype)
     if out_dtype not in _OUT_DTYPES:
@@ -179,10 +215,16 @@ def dequantize(
     expected = scale_grid(q.shape, q.block)
     if tuple(q.scale.shape) != expected:
         raise InputError(f"scale shape {q.scale.shape} does not match {expected} for {q.shape}")
+    if out is not None:
+        _check_out(out, q.shape, (out_dtype,), [q.data, q.scale, q.scale_codes])
     if backend != "reference":
         fast = _fast_backend()
         if fast is not None:
-            return fast.dequantize(q.codes, q.scale, q.block, q.fmt, out_dtype, threads)
+            return fast.dequantize(q.codes, q.scale, q.block, q.fmt, out_dtype, threads, out=out)
         if backend == "fast":
             raise FormatNameError("backend 'fast' is not available (numba kernels not importable)")
-    return reference.dequantize(q.codes, q.scale, q.block, q.fmt, out_dtype)
+    result = reference.dequantize(q.codes, q.scale, q.block, q.fmt, out_dtype)
+    if out is None:
+        return result
+    np.copyto(out, result)
+    return out

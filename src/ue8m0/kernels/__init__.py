@@ -80,12 +80,18 @@ def quantize(
     eps: float,
     policy: NonFinite,
     threads: int | None = None,
+    *,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Same contract as :func:`ue8m0.reference.quantize`, plus ``threads``."""
+    """Same contract as :func:`ue8m0.reference.quantize`, plus ``threads``.
+
+    ``out``: a C-contiguous uint8 array of ``x``'s shape (checked by the caller) that receives
+    the codes and is returned as them.
+    """
     x3 = _as_3d(x.view(_VIEWS[x.dtype]))
     br, bc = resolve_block(block, x.shape)
     grid = scale_grid(x.shape, block)
-    codes = np.empty(x.shape, dtype=np.uint8)
+    codes = np.empty(x.shape, dtype=np.uint8) if out is None else out
     scale = np.empty(grid, dtype=np.float32)
     sbytes = np.empty(grid, dtype=np.uint8)
     with using_threads(threads) as n:
@@ -137,11 +143,21 @@ def dequantize(
     fmt: ElementFormat,
     out_dtype: Any,
     threads: int | None = None,
+    *,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Same contract as :func:`ue8m0.reference.dequantize`, plus ``threads``."""
+    """Same contract as :func:`ue8m0.reference.dequantize`, plus ``threads``.
+
+    ``out``: a C-contiguous array of ``codes``' shape and ``out_dtype`` (checked by the
+    caller), filled and returned.
+    """
     out_dtype = np.dtype(out_dtype)
     bf16 = out_dtype == np.dtype(ml_dtypes.bfloat16)
-    out = np.empty(codes.shape, dtype=np.uint16 if bf16 else np.float32)
+    result = out
+    if out is None:
+        out = np.empty(codes.shape, dtype=np.uint16 if bf16 else np.float32)
+    else:
+        out = out.view(np.uint16 if bf16 else np.float32)
     c3 = _as_3d(np.asarray(codes, dtype=np.uint8))
     br, bc = resolve_block(block, codes.shape)
     s3 = np.ascontiguousarray(scale, dtype=np.float32).reshape(c3.shape[0], *scale.shape[-2:])
@@ -149,4 +165,6 @@ def dequantize(
         run = min(br, codes.shape[-2]) * bc * 4
         chunk = _chunk(s3.shape[0] * s3.shape[1], s3.shape[2], run, bc, n)
         dequantize_kernel(c3, s3, _decode_params(fmt), out.reshape(c3.shape), br, bc, chunk)
+    if result is not None:
+        return result
     return out.view(out_dtype) if bf16 else out
