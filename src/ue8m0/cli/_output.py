@@ -25,6 +25,44 @@ def output_options(func: F) -> F:
     return func
 
 
+def run_options(func: F) -> F:
+    """``--dry-run``, ``--workers N``, ``--quiet`` and ``--json``: every converting command's."""
+    func = output_options(func)
+    func = click.option(
+        "--workers",
+        type=click.IntRange(min=1),
+        default=1,
+        show_default=True,
+        help="Worker processes over shards (threads within a shard when there are fewer shards).",
+    )(func)
+    func = click.option(
+        "--dry-run", is_flag=True, help="Print the plan (tensors, bytes, shards) only."
+    )(func)
+    return func
+
+
+def scale_search_option(func: F) -> F:
+    """``--scale-search none|mse``."""
+    return click.option(
+        "--scale-search",
+        type=click.Choice(["none", "mse"]),
+        default="none",
+        show_default=True,
+        help="mse: per block, the rule's exponent or the one below, whichever errs less.",
+    )(func)
+
+
+def eps_option(func: F) -> F:
+    """``--eps``: the lower bound on each block's amax."""
+    return click.option(
+        "--eps",
+        type=float,
+        default=1e-4,
+        show_default=True,
+        help="Lower bound on each block's amax (DeepSeek, DeepGEMM: 1e-4).",
+    )(func)
+
+
 class BarProgress(Progress):
     """A bar for the whole run and one per shard in flight, bytes/s and ETA (tqdm)."""
 

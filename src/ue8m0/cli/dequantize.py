@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ue8m0.cli._output import echo_json, output_options, run_or_print_plan
+from ue8m0.cli._output import echo_json, run_options, run_or_print_plan
 
 EXAMPLES = """
 \b
@@ -34,15 +34,7 @@ Removes quantization_config, writes format: pt metadata and a recomputed total_s
     show_default=True,
     help="Output dtype of the dequantized weights.",
 )
-@click.option("--dry-run", is_flag=True, help="Print the plan (tensors, bytes, shards) only.")
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Worker processes over shards.",
-)
-@output_options
+@run_options
 def dequantize(
     src: Path, dst: Path, dtype: str, dry_run: bool, workers: int, quiet: bool, as_json: bool
 ) -> None:

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import click
 
-from ue8m0.cli._output import echo_json, output_options, run_or_print_plan
+from ue8m0.cli._output import (
+    echo_json,
+    eps_option,
+    run_options,
+    run_or_print_plan,
+    scale_search_option,
+)
 
 EXAMPLES = """
 \b
@@ -61,26 +67,14 @@ Rerunning into the same DST resumes; other parameters are refused.
     type=click.Choice(["rceil", "log2", "floor", "ceil", "even", "fp32"]),
     help="How a block's scale is chosen; fp32 = amax/max, not a power of two.",
 )
-@click.option(
-    "--scale-search",
-    type=click.Choice(["none", "mse"]),
-    default="none",
-    show_default=True,
-    help="mse: per block, the rule's exponent or the one below, whichever errs less.",
-)
+@scale_search_option
 @click.option(
     "--scale-dtype",
     type=click.Choice(["f32", "e8m0", "u8"]),
     default=None,
     help="Stored scale dtype (e8m0/u8: biased exponent bytes) [f32; u8 for mxfp8].",
 )
-@click.option(
-    "--eps",
-    type=float,
-    default=1e-4,
-    show_default=True,
-    help="Lower bound on a block's amax (DeepSeek/DeepGEMM use 1e-4).",
-)
+@eps_option
 @click.option(
     "--nonfinite",
     type=click.Choice(["raise", "propagate"]),
@@ -105,15 +99,7 @@ Rerunning into the same DST resumes; other parameters are refused.
     is_flag=True,
     help="Also convert weights whose dims are not multiples of the block.",
 )
-@click.option("--dry-run", is_flag=True, help="Print the plan (tensors, bytes, shards) only.")
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Worker processes over shards (threads within a shard when fewer shards).",
-)
-@output_options
+@run_options
 def quantize(
     src: Path,
     dst: Path,

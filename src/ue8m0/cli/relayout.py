@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ue8m0.cli._output import output_options
+from ue8m0.cli._output import eps_option, run_options
 from ue8m0.cli.requantize import run_fp8_command
 
 EXAMPLES = """
@@ -45,22 +45,14 @@ are dequantized and requantized (lossy) and listed, with their error.
     show_default=True,
     help="canonical: each group's own rceil scale; repeat: the source scale byte repeated.",
 )
-@click.option("--eps", type=float, default=1e-4, show_default=True, help="Lower bound on amax.")
+@eps_option
 @click.option(
     "--report",
     "report_path",
     type=click.Path(path_type=Path),
     help="Also write the per-tensor report to PATH.json and PATH.md.",
 )
-@click.option("--dry-run", is_flag=True, help="Print the plan (tensors, bytes, shards) only.")
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Worker processes over shards.",
-)
-@output_options
+@run_options
 def relayout(
     src: Path,
     dst: Path,

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from ue8m0.cli._output import echo_json, output_options, run_or_print_plan, table
+from ue8m0.cli._output import (
+    echo_json,
+    eps_option,
+    run_options,
+    run_or_print_plan,
+    scale_search_option,
+    table,
+)
 
 EXAMPLES = """
 \b
@@ -47,13 +54,7 @@ writes PATH.json and PATH.md). Rerunning into the same DST resumes.
     type=click.Choice(["rceil", "log2", "floor", "ceil", "even"]),
     help="Power-of-two rule for the new scales.",
 )
-@click.option(
-    "--scale-search",
-    type=click.Choice(["none", "mse"]),
-    default="none",
-    show_default=True,
-    help="mse: per block, the rule's exponent or the one below, whichever errs less.",
-)
+@scale_search_option
 @click.option(
     "--scale-dtype",
     type=click.Choice(["auto", "f32", "e8m0", "u8"]),
@@ -62,22 +63,14 @@ writes PATH.json and PATH.md). Rerunning into the same DST resumes.
     help="Stored scale dtype (e8m0/u8: biased exponent bytes; auto: the source's when the "
     "layout can store it, else f32).",
 )
-@click.option("--eps", type=float, default=1e-4, show_default=True, help="Lower bound on amax.")
+@eps_option
 @click.option(
     "--report",
     "report_path",
     type=click.Path(path_type=Path),
     help="Also write the per-tensor report to PATH.json and PATH.md.",
 )
-@click.option("--dry-run", is_flag=True, help="Print the plan (tensors, bytes, shards) only.")
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Worker processes over shards.",
-)
-@output_options
+@run_options
 def requantize(
     src: Path,
     dst: Path,
