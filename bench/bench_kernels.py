@@ -6,7 +6,8 @@ One command, one run, one tensor (``randn(4096, 14336) * 0.02`` as bf16, seed 0)
     .venv/bin/python bench/bench_kernels.py --quick    # small tensor, prints only
 
 Measures at 1 and 2 threads: ``np.copyto`` (a numba parallel copy at 2 threads), the ue8m0
-fast path (128x128 rceil, 1x32 rceil/floor, dequantize to bf16/f32), the numpy oracle, the
+fast path (128x128 rceil, 1x32 rceil/floor, dequantize to bf16/f32; each with a fresh
+output per call and with a reused ``out=`` buffer), the numpy oracle, the
 ml_dtypes ``astype`` pipeline, and, in a subprocess with ``THP_MEM_ALLOC_ENABLE=1``, torch
 eager / torch.compile DeepSeek-style 128x128 and torchao ``to_mx`` 1x32. Every fast result is
 checked byte for byte against the oracle. Then first-call latency (cold/warm numba cache) and
@@ -96,19 +97,37 @@ def ml_dtypes_pipeline(x: np.ndarray) -> np.ndarray:
     return (x32 / scale).astype(ml_dtypes.float8_e4m3fn).reshape(rows, cols)
 
 
+FRESH, PRE = " (fresh output)", " (preallocated out=)"
+
+
 def fast_cases(x: np.ndarray) -> dict[str, Callable[[int], Any]]:
+    """ue8m0 cases, each twice: allocating its output per call, and into a reused ``out=``."""
     q128 = ue8m0.quantize(x, (128, 128))
-    return {
-        "ue8m0 quantize 128x128 rceil": lambda n: ue8m0.quantize(x, (128, 128), threads=n),
-        "ue8m0 quantize 1x32 rceil": lambda n: ue8m0.quantize(x, (1, 32), eps=0.0, threads=n),
-        "ue8m0 quantize 1x32 floor": lambda n: ue8m0.quantize(
-            x, (1, 32), scale_rule="floor", eps=0.0, threads=n
+    codes = np.empty(x.shape, np.uint8)
+    bf16 = np.empty(x.shape, ml_dtypes.bfloat16)
+    f32 = np.empty(x.shape, np.float32)
+    base: dict[str, Callable[..., Any]] = {
+        "ue8m0 quantize 128x128 rceil": lambda n, out: ue8m0.quantize(
+            x, (128, 128), out=codes if out else None, threads=n
         ),
-        "ue8m0 dequantize e4m3 -> bf16": lambda n: ue8m0.dequantize(
-            q128, ml_dtypes.bfloat16, threads=n
+        "ue8m0 quantize 1x32 rceil": lambda n, out: ue8m0.quantize(
+            x, (1, 32), eps=0.0, out=codes if out else None, threads=n
         ),
-        "ue8m0 dequantize e4m3 -> f32": lambda n: ue8m0.dequantize(q128, np.float32, threads=n),
+        "ue8m0 quantize 1x32 floor": lambda n, out: ue8m0.quantize(
+            x, (1, 32), scale_rule="floor", eps=0.0, out=codes if out else None, threads=n
+        ),
+        "ue8m0 dequantize e4m3 -> bf16": lambda n, out: ue8m0.dequantize(
+            q128, ml_dtypes.bfloat16, out=bf16 if out else None, threads=n
+        ),
+        "ue8m0 dequantize e4m3 -> f32": lambda n, out: ue8m0.dequantize(
+            q128, np.float32, out=f32 if out else None, threads=n
+        ),
     }
+    cases: dict[str, Callable[[int], Any]] = {}
+    for name, fn in base.items():
+        cases[name + PRE] = functools.partial(fn, out=True)
+        cases[name + FRESH] = functools.partial(fn, out=False)
+    return cases
 
 
 def check_identical(x: np.ndarray, oracle_128: Any) -> dict[str, str]:
@@ -117,16 +136,19 @@ def check_identical(x: np.ndarray, oracle_128: Any) -> dict[str, str]:
     cases = [((128, 128), "rceil", 1e-4), ((1, 32), "rceil", 0.0), ((1, 32), "floor", 0.0)]
     for block, rule, eps in cases:
         fast = ue8m0.quantize(x, block, scale_rule=rule, eps=eps)
+        into = ue8m0.quantize(x, block, scale_rule=rule, eps=eps, out=np.empty(x.shape, np.uint8))
         if block == (128, 128):
             slow = oracle_128
         else:
             slow = ue8m0.quantize(x, block, scale_rule=rule, eps=eps, backend="reference")
         same = fast.codes.tobytes() == slow.codes.tobytes()
         same &= fast.scale.tobytes() == slow.scale.tobytes()
+        same &= into.codes.tobytes() == slow.codes.tobytes()
         for dtype in (ml_dtypes.bfloat16, np.float32):
             a = ue8m0.dequantize(fast, dtype)
             b = ue8m0.dequantize(fast, dtype, backend="reference")
-            same &= a.tobytes() == b.tobytes()
+            c = ue8m0.dequantize(fast, dtype, out=np.empty(x.shape, dtype))
+            same &= a.tobytes() == b.tobytes() == c.tobytes()
         verdict[f"{block[0]}x{block[1]} {rule}"] = "identical" if same else "DIFFERENT"
         if not same:
             raise SystemExit(f"fast path differs from the oracle for {block} {rule}")
