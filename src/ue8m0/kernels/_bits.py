@@ -141,6 +141,39 @@ def _widen_impl(u: Any) -> Any:
     return None
 
 
+def mag(u: Any) -> Any:
+    """The input element's bits with the sign cleared, in its own integer type.
+
+    For every input format the magnitude bits are ordered like the magnitudes (Inf and NaN
+    above all finite values), so a block's amax can be taken on them in 16-bit lanes and
+    widened once (:func:`widen` is monotone on them).
+    """
+    raise NotImplementedError  # only callable from numba code
+
+
+@overload(mag, inline="always")
+def _mag_impl(u: Any) -> Any:
+    if u == types.uint16:
+
+        def m16(u: Any) -> Any:
+            return u_and(u, np.uint16(0x7FFF))
+
+        return m16
+    if u == types.int16:
+
+        def i16(u: Any) -> Any:
+            return u_and(u, np.int16(0x7FFF))
+
+        return i16
+    if u == types.uint32:
+
+        def m32(u: Any) -> Any:
+            return u_and(u, np.uint32(F32_ABS))
+
+        return m32
+    return None
+
+
 def element_params(
     mbits: int, bias: int, max_bits: int, sign_mask: int, nan_code: int, negzero: bool
 ) -> np.ndarray:
