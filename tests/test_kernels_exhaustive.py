@@ -76,3 +76,14 @@ def test_dequantize_fp32_scales(fmt: ElementFormat, dtype: type) -> None:
     codes = np.tile(np.arange(n, dtype=np.uint8), (scale.shape[0], 1))
     assert_same_dequantize(codes, scale, (1, n), fmt, dtype)
     assert decode_table(fmt).shape == (n,)
+
+
+@FORMATS
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16], ids=["f32", "bf16"])
+def test_dequantize_negative_power_of_two_scales(fmt: ElementFormat, dtype: type) -> None:
+    """All codes × -2**e for every float32 exponent (the exact-product path sees the sign)."""
+    n = 1 << fmt.bits
+    exponents = np.arange(-149, 128)
+    scale = (-np.ldexp(np.float32(1), exponents)).astype(np.float32)[:, None]
+    codes = np.tile(np.arange(n, dtype=np.uint8), (scale.shape[0], 1))
+    assert_same_dequantize(codes, scale, (1, n), fmt, dtype)

@@ -261,6 +261,7 @@ def decode_params(
             sign_mask if fnuz else never,
             32 - bits,
             sign_mask,
+            bias + mbits,  # smallest float32 exponent field of a scale that keeps products normal
         ],
         dtype=np.uint32,
     )
@@ -269,7 +270,7 @@ def decode_params(
 @njit(cache=True, inline="always")
 def unpack_decode(q: Any) -> Any:
     """The constants of :func:`decode_params` as a tuple of scalars (hoisted out of loops)."""
-    return (q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7], q[8], q[9], q[10])
+    return (q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7], q[8], q[9], q[10], q[11])
 
 
 @njit(cache=True, inline="always")
