@@ -188,13 +188,13 @@ def markdown(results: dict[str, Any]) -> str:
         + f" (copy of the input: {1e3 * results['times'][COPY]['1']:.1f} ms); "
         "`out=` avoids it.",
         "",
-        "Where the time goes (1 thread): a quantize reads each block twice (amax, then encode "
-        "from L2, the next task prefetched meanwhile) and is compute-bound at about 0.35 ns per "
-        "element in cache (a vectorised 32-bit rounding of ~18 AVX-512 instructions per 16 "
-        "elements); every call also pays the first touch of its fresh output (row above), which "
-        "the preallocated copy does not, and which alone is 0.5–1.5× the copy time for the "
-        "e4m3 and bf16 outputs. So dequantize → bf16 cannot reach 0.5× copy on one thread "
-        "while it returns a new array.",
+        "Where the time goes (1 thread): a quantize reads each block twice — the amax on the "
+        "sign-cleared 16-bit input bits (32 lanes per AVX-512 vector, widened once per block), "
+        "then the encode from L2 with the next task prefetched — and is compute-bound in the "
+        "vectorised 32-bit rounding (~16 AVX-512 instructions per 16 elements). Dequantize "
+        "decodes with integer arithmetic (no table) and, for a power-of-two scale whose "
+        "products stay normal, skips the bf16 rounding (the product is exact). A fresh output "
+        "adds its first-touch page faults (row above) on top: pass `out=` to reuse a buffer.",
         "",
         "![quantize/dequantize throughput](img/bench_kernels.png)",
         "",
