@@ -35,6 +35,18 @@ class NonFiniteError(Ue8m0Error, ValueError):
         self.block = block
         self.value = value
 
+    @classmethod
+    def in_block(
+        cls, value: float, block: tuple[int, ...], grid: tuple[int, ...]
+    ) -> NonFiniteError:
+        """The error for the first non-finite ``value`` of scale-grid block ``block``."""
+        return cls(
+            f"non-finite value {value} in block {block} of the scale grid {grid} "
+            "(pass nonfinite='propagate' to encode it as NaN)",
+            block,
+            value,
+        )
+
     def __reduce__(self) -> tuple[type, tuple[str, tuple[int, ...], float]]:
         return (type(self), (str(self), self.block, self.value))
 

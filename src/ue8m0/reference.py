@@ -121,12 +121,7 @@ def _raise_nonfinite(blocks: np.ndarray, bad: np.ndarray, grid: tuple[int, ...])
     values = blocks[batch_index]
     value = float(values[~np.isfinite(values)][0])
     where = tuple(int(i) for i in index)
-    raise NonFiniteError(
-        f"non-finite value {value} in block {where} of the scale grid {grid} "
-        "(pass nonfinite='propagate' to encode it as NaN)",
-        where,
-        value,
-    )
+    raise NonFiniteError.in_block(value, where, grid)
 
 
 def quantize(

@@ -115,7 +115,7 @@ def run_plan(
                     plan.kind,
                     options,
                     tick,
-                    threads=max(1, workers),
+                    threads=None,  # one process: every core (or UE8M0_NUM_THREADS)
                 )
                 record(shard, size, sha)
         else:
@@ -180,7 +180,7 @@ def _run_pool(
     ctx = multiprocessing.get_context("spawn")
     q = ctx.Queue()
     nproc = min(workers, len(todo))
-    threads = max(1, workers // nproc)
+    threads = max(1, (os.cpu_count() or 1) // nproc)  # the cores, shared between processes
     pool = ProcessPoolExecutor(nproc, mp_context=ctx, initializer=_init_worker, initargs=(q,))
     pending: dict[Future[Any], ShardPlan] = {}
     sizes = {s.name: s.in_bytes for s in todo}

@@ -93,6 +93,7 @@ class SafetensorsWriter:
         self.size = offset
         self.checksum = ""
         self._fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._crcs: list[tuple[int, int, int]] = []  # (offset, length, crc32) of each piece
         # write-behind: pwrite releases the GIL, so the next slab is computed meanwhile
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="ue8m0-writer")
         self._pending: deque[Future[None]] = deque()
@@ -102,6 +103,8 @@ class SafetensorsWriter:
         done = 0
         while done < len(data):
             done += os.pwrite(self._fd, data[done:], offset + done)
+        # checksummed while still in cache, so the file never has to be read back
+        self._crcs.append((offset, len(data), zlib.crc32(data)))
 
     def write(self, name: str, array: np.ndarray) -> None:
         """Append bytes (C order) to tensor ``name``."""
@@ -136,7 +139,7 @@ class SafetensorsWriter:
                 raise CheckpointError(
                     self.path, f"incomplete: {self._cursor[name]} of {spec.nbytes} bytes", name
                 )
-        self.checksum = file_checksum(self.tmp)
+        self.checksum = _file_crc_from_pieces(self._crcs, self.size)
         os.replace(self.tmp, self.path)
 
 
@@ -153,6 +156,59 @@ def copy_atomic(src: Path, dst: Path) -> None:
     tmp = temp_path(dst)
     shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
+
+
+def _gf2_times(matrix: list[int], vector: int) -> int:
+    out, i = 0, 0
+    while vector:
+        if vector & 1:
+            out ^= matrix[i]
+        vector >>= 1
+        i += 1
+    return out
+
+
+def _gf2_square(matrix: list[int]) -> list[int]:
+    return [_gf2_times(matrix, row) for row in matrix]
+
+
+def _zero_byte_operators(count: int = 64) -> list[list[int]]:
+    """``ops[k]`` advances a CRC-32 register over ``2**k`` zero bytes (a 32x32 GF(2) matrix)."""
+    op = [0xEDB88320] + [1 << i for i in range(31)]  # one zero bit (reflected polynomial)
+    for _ in range(3):  # 2, 4, 8 zero bits
+        op = _gf2_square(op)
+    ops = [op]
+    for _ in range(count - 1):
+        ops.append(_gf2_square(ops[-1]))
+    return ops
+
+
+_ZERO_OPS = _zero_byte_operators()
+
+
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """CRC-32 of ``A + B`` from ``crc32(A)``, ``crc32(B)`` and ``len(B)``, as zlib's
+    ``crc32_combine`` does: ``crc1`` advanced over ``len2`` zero bytes, XOR ``crc2``."""
+    k = 0
+    while len2:
+        if len2 & 1:
+            crc1 = _gf2_times(_ZERO_OPS[k], crc1)
+        len2 >>= 1
+        k += 1
+    return crc1 ^ crc2
+
+
+def _file_crc_from_pieces(pieces: list[tuple[int, int, int]], size: int) -> str:
+    """The file's CRC-32 from the CRCs of pieces that cover it exactly once."""
+    crc, end = 0, 0
+    for offset, length, piece_crc in sorted(pieces):
+        if offset != end:
+            raise AssertionError(f"pieces leave a gap or overlap at byte {end}")
+        crc = crc32_combine(crc, piece_crc, length)
+        end += length
+    if end != size:
+        raise AssertionError(f"pieces cover {end} of {size} bytes")
+    return f"{crc:08x}"
 
 
 def file_checksum(path: Path, chunk: int = 1 << 24) -> str:

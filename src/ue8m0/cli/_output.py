@@ -33,7 +33,8 @@ def run_options(func: F) -> F:
         type=click.IntRange(min=1),
         default=1,
         show_default=True,
-        help="Worker processes over shards (threads within a shard when there are fewer shards).",
+        help="Worker processes over shards; the cores are shared out as kernel threads "
+        "(1: one process using every core; UE8M0_NUM_THREADS overrides).",
     )(func)
     func = click.option(
         "--dry-run", is_flag=True, help="Print the plan (tensors, bytes, shards) only."

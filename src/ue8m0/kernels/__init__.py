@@ -128,12 +128,7 @@ def _raise_nonfinite(
     values = x[index]
     values = values.astype(np.float32).reshape(-1)
     value = float(values[~np.isfinite(values)][0])
-    raise NonFiniteError(
-        f"non-finite value {value} in block {where} of the scale grid {grid} "
-        "(pass nonfinite='propagate' to encode it as NaN)",
-        where,
-        value,
-    )
+    raise NonFiniteError.in_block(value, where, grid)
 
 
 def dequantize(
