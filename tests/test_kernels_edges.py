@@ -61,6 +61,10 @@ def test_random_float32_bits(fmt: ElementFormat, rule: ScaleRule) -> None:
     x = np.where(np.isfinite(x), x, np.float32(1.5)).astype(np.float32)
     assert_same_quantize(x, (1, 1), fmt, rule, 0.0)
     assert_same_quantize(x, (8, 12), fmt, rule, 1e-4)
+    assert_same_quantize(x, (1, 32), fmt, rule, 1e-4)  # the 32-lane amax of float32 bits
+    x[5, 40] = np.inf  # a non-finite block among 32-wide ones
+    x[9, 3] = np.nan
+    assert_same_quantize(x, (1, 32), fmt, rule, 1e-4)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)

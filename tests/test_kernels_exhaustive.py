@@ -31,7 +31,7 @@ def test_every_pattern_as_its_own_block(
 @FORMATS
 @RULES
 @INPUTS
-@pytest.mark.parametrize("block", [(1, 128), (4, 32)])
+@pytest.mark.parametrize("block", [(1, 128), (4, 32), (1, 32)])
 def test_every_pattern_in_full_blocks(
     fmt: ElementFormat, rule: ScaleRule, dtype: type, block: tuple[int, int]
 ) -> None:

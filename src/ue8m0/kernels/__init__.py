@@ -19,7 +19,7 @@ from ue8m0.errors import NonFiniteError
 from ue8m0.formats import ElementFormat, Specials
 from ue8m0.kernels._bits import decode_params, element_params
 from ue8m0.kernels._dequant import dequantize_kernel
-from ue8m0.kernels._quant import quantize_kernel
+from ue8m0.kernels._quant import quantize_groups_kernel, quantize_kernel
 from ue8m0.kernels._threads import ENV_VAR, resolve_threads, using_threads
 from ue8m0.policies import NonFinite, ScaleRule
 
@@ -94,24 +94,41 @@ def quantize(
     codes = np.empty(x.shape, dtype=np.uint8) if out is None else out
     scale = np.empty(grid, dtype=np.float32)
     sbytes = np.empty(grid, dtype=np.uint8)
+    groups = br == 1 and x3.shape[-1] % bc == 0 and x3.flags.c_contiguous
     with using_threads(threads) as n:
         run = min(br, x.shape[-2]) * bc * x.dtype.itemsize
         chunk = _chunk(x3.shape[0] * grid[-2], grid[-1], run, bc, n)
-        bad = quantize_kernel(
-            x3,
-            codes.reshape(x3.shape),
-            scale.reshape(x3.shape[0], grid[-2], grid[-1]),
-            sbytes.reshape(x3.shape[0], grid[-2], grid[-1]),
-            br,
-            bc,
-            chunk,
-            _RULE_IDS[rule],
-            np.float32(eps),
-            np.float32(fmt.max),
-            fmt.emax,
-            fmt.mbits,
-            _params(fmt),
-        )
+        if groups:  # one-row blocks tiling each row: a flat (rows, groups, bc) view
+            ng = x3.shape[-1] // bc
+            bad = quantize_groups_kernel(
+                x3.reshape(-1, ng, bc),
+                codes.reshape(-1, ng, bc),
+                scale.reshape(-1, ng),
+                sbytes.reshape(-1, ng),
+                chunk,
+                _RULE_IDS[rule],
+                np.float32(eps),
+                np.float32(fmt.max),
+                fmt.emax,
+                fmt.mbits,
+                _params(fmt),
+            )
+        else:
+            bad = quantize_kernel(
+                x3,
+                codes.reshape(x3.shape),
+                scale.reshape(x3.shape[0], grid[-2], grid[-1]),
+                sbytes.reshape(x3.shape[0], grid[-2], grid[-1]),
+                br,
+                bc,
+                chunk,
+                _RULE_IDS[rule],
+                np.float32(eps),
+                np.float32(fmt.max),
+                fmt.emax,
+                fmt.mbits,
+                _params(fmt),
+            )
     if bad and policy is NonFinite.RAISE:
         _raise_nonfinite(x, scale, (br, bc), grid)
     return codes, scale, sbytes if rule.is_power_of_two else None

@@ -76,6 +76,39 @@ def _prefetch(typingctx: Any, arr: Any, index: Any) -> Any:
 prefetch: Any = _prefetch
 
 
+@intrinsic
+def _amax32(typingctx: Any, arr: Any) -> Any:
+    """Sign-cleared bits of the largest magnitude of ``arr[:32]`` (1-D C array of an input view).
+
+    One 32-lane load and ``llvm.vector.reduce.umax``: a few shuffles per block, where a loop of
+    32 gets unrolled into a scalar chain.
+    """
+    if not isinstance(arr, types.Array) or arr.ndim != 1 or arr.layout != "C":
+        return None
+    dtype = arr.dtype
+    if dtype not in (types.uint16, types.int16, types.uint32):
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        ary = context.make_array(sig.args[0])(context, builder, value=args[0])
+        width = dtype.bitwidth
+        lane = ir.IntType(width)
+        vec = ir.VectorType(lane, 32)
+        v = builder.load(ary.data, typ=vec, align=1)
+        mask = ir.Constant(vec, [ir.Constant(lane, (1 << (width - 1)) - 1)] * 32)
+        v = builder.and_(v, mask)
+        fnty = ir.FunctionType(lane, [vec])
+        name = f"llvm.vector.reduce.umax.v32i{width}"
+        fn = cgutils.get_or_insert_function(builder.module, fnty, name)
+        return builder.call(fn, [v])
+
+    return dtype(arr), codegen
+
+
+#: ``amax32(seg)``: :func:`mag` of the largest magnitude among ``seg[:32]`` (caller ensures 32)
+amax32: Any = _amax32
+
+
 def _binop(op: str) -> Any:
     """An intrinsic ``op(a, b)`` on two integers of one type that keeps the type.
 

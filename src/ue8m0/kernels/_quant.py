@@ -10,6 +10,7 @@ from numba import njit, prange
 
 from ue8m0.kernels._bits import (
     F32_EXP,
+    amax32,
     bits_f32,
     f32_bits,
     mag,
@@ -220,4 +221,72 @@ def quantize_kernel(
             for jj in range(nj):
                 if amax[jj] >= F32_EXP:
                     codes[b, r0:r1, ca + jj * bc : ca + jj * bc + bc] = p[6]  # the NaN code
+    return bad.sum()
+
+
+@njit(parallel=True, cache=True)
+def quantize_groups_kernel(
+    x: Any,
+    codes: Any,
+    scale: Any,
+    sbytes: Any,
+    chunk: int,
+    rule: int,
+    eps: Any,
+    fmax: Any,
+    emax: int,
+    mbits: int,
+    p: Any,
+) -> int:
+    """:func:`quantize_kernel` for one-row blocks of a contiguous input: ``x`` is (rows, groups, bc).
+
+    Every block is ``x[r, j]``, a whole contiguous group (no partial blocks), so a task (``chunk``
+    groups of one row) takes all its amaxes in one pass, all scales in one vectorised pass
+    (:func:`block_scales`) and encodes in a third, with no per-block slicing. For ``bc == 32``
+    a block's amax is one 32-lane load and a vector reduction (:func:`amax32`; a loop of 32
+    gets unrolled into a scalar chain) and its encode two full float32 vectors.
+    """
+    simple = rule != FP32 and p[7] != 0
+    p = unpack(p)
+    nrows, ngroups, bc = x.shape
+    nchunks = (ngroups + chunk - 1) // chunk
+    ntasks = nrows * nchunks
+    bad = np.zeros(ntasks, dtype=np.int64)
+    for task in prange(ntasks):
+        r = task // nchunks
+        j0 = (task - r * nchunks) * chunk
+        nj = min(j0 + chunk, ngroups) - j0
+        xr = x[r]
+        cr = codes[r]
+        amax = np.empty(nj, dtype=np.uint32)
+        zero = u_sub(x[r, 0, 0], x[r, 0, 0])
+        if bc == 32:
+            for jj in range(nj):
+                amax[jj] = widen(amax32(xr[j0 + jj]))
+        else:
+            for jj in range(nj):
+                seg = xr[j0 + jj]
+                top = zero
+                for c in range(bc):
+                    top = max(top, mag(seg[c]))
+                amax[jj] = widen(top)
+        mult = np.empty(nj, dtype=np.float32)
+        scale_row = scale[r, j0 : j0 + nj]
+        byte_row = sbytes[r, j0 : j0 + nj]
+        nbad = block_scales(amax, eps, rule, fmax, emax, mbits, scale_row, byte_row, mult)
+        if simple and bc == 32:
+            for jj in range(nj):
+                seg = xr[j0 + jj]
+                dst = cr[j0 + jj]
+                m = mult[jj]
+                for c in range(32):
+                    dst[c] = round_code_finite(bits_f32(widen(seg[c])) * m, p)
+        else:
+            for jj in range(nj):
+                run_encode(xr[j0 + jj], cr[j0 + jj], bc, mult[jj], simple, p)
+        bad[task] = nbad
+        if nbad:
+            for jj in range(nj):
+                if amax[jj] >= F32_EXP:
+                    codes[r, j0 + jj, :] = p[6]  # the NaN code
     return bad.sum()
