@@ -35,6 +35,8 @@ _VIEWS = {
 _TASKS_PER_THREAD = 8
 #: input bytes of one quantize task (both passes read it; the second from L2)
 _TASK_BYTES = 128 * 1024
+#: code bytes of one dequantize task (one pass: long tasks amortise the per-row setup)
+_DEQUANT_TASK_BYTES = 512 * 1024
 
 
 def _as_3d(x: np.ndarray) -> np.ndarray:
@@ -42,12 +44,19 @@ def _as_3d(x: np.ndarray) -> np.ndarray:
     return x[None] if x.ndim == 2 else x.reshape(-1, x.shape[-2], x.shape[-1])
 
 
-def _chunk(tasks_rows: int, grid_cols: int, run_bytes: int, block_cols: int, threads: int) -> int:
-    """Blocks per task: a run of ``_TASK_BYTES`` at most (L2), cut finer for load balance.
+def _chunk(
+    tasks_rows: int,
+    grid_cols: int,
+    run_bytes: int,
+    block_cols: int,
+    threads: int,
+    budget: int = _TASK_BYTES,
+) -> int:
+    """Blocks per task: a run of ``budget`` bytes at most (L2), cut finer for load balance.
 
     ``run_bytes`` are the input bytes of one block column of a block row.
     """
-    fit = max(1, _TASK_BYTES // max(run_bytes, 1))
+    fit = max(1, budget // max(run_bytes, 1))
     per_row = -(-grid_cols // fit)
     want = threads * _TASKS_PER_THREAD
     if tasks_rows * per_row < want:
@@ -174,8 +183,8 @@ def dequantize(
     br, bc = resolve_block(block, codes.shape)
     s3 = np.ascontiguousarray(scale, dtype=np.float32).reshape(c3.shape[0], *scale.shape[-2:])
     with using_threads(threads) as n:
-        run = min(br, codes.shape[-2]) * bc * 4
-        chunk = _chunk(s3.shape[0] * s3.shape[1], s3.shape[2], run, bc, n)
+        run = min(br, codes.shape[-2]) * bc
+        chunk = _chunk(s3.shape[0] * s3.shape[1], s3.shape[2], run, bc, n, _DEQUANT_TASK_BYTES)
         dequantize_kernel(c3, s3, _decode_params(fmt), out.reshape(c3.shape), br, bc, chunk)
     if result is not None:
         return result

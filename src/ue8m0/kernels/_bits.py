@@ -295,6 +295,9 @@ def decode_params(
             32 - bits,
             sign_mask,
             bias + mbits,  # smallest float32 exponent field of a scale that keeps products normal
+            (top << mbits) + 1 if ieee else nan_mag,  # the smallest NaN magnitude (else never)
+            (top << mbits) if ieee else never,  # the Inf magnitude (else never)
+            (254 - bias) << 23,  # float32 2**(127 - bias)
         ],
         dtype=np.uint32,
     )
@@ -303,7 +306,23 @@ def decode_params(
 @njit(cache=True, inline="always")
 def unpack_decode(q: Any) -> Any:
     """The constants of :func:`decode_params` as a tuple of scalars (hoisted out of loops)."""
-    return (q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7], q[8], q[9], q[10], q[11])
+    return (
+        q[0],
+        q[1],
+        q[2],
+        q[3],
+        q[4],
+        q[5],
+        q[6],
+        q[7],
+        q[8],
+        q[9],
+        q[10],
+        q[11],
+        q[12],
+        q[13],
+        bits_f32(q[14]),
+    )
 
 
 @njit(cache=True, inline="always")
@@ -329,6 +348,24 @@ def decode(code: Any, q: Any) -> Any:
     v = u_or(np.uint32(F32_EXP), sign) if top & zero_mant else v
     nan = (mag == q[6]) | (top & ~zero_mant) | (c == q[8])
     return bits_f32(np.uint32(0x7FC00000) if nan else v)
+
+
+@njit(cache=True, inline="always")
+def decode_scaled(code: Any, q: Any, s: Any) -> Any:
+    """``decode(code, q) * s`` for a scale ``s`` that keeps products exact (``exact_scale``).
+
+    The code's sign and magnitude bits shifted into float32's fields are the code's value
+    times ``2**(bias - 127)`` (a float32 subnormal for the format's subnormals), so one exact
+    multiply by ``2**(127 - bias)`` (``q[14]``) decodes every finite code and one by ``s`` scales
+    it; Inf (magnitude ``q[13]``) is selected before the multiplies, NaN (magnitudes from
+    ``q[12]``, or the FNUZ NaN code) after them.
+    """
+    c = np.uint32(code)
+    mag = u_and(c, q[0])
+    sign = u_shl(u_and(c, q[10]), q[9])
+    x = u_or(u_shl(mag, q[3]) if mag != q[13] else np.uint32(F32_EXP), sign)
+    v = bits_f32(x) * q[14] * s
+    return bits_f32(np.uint32(0x7FC00000)) if (mag >= q[12]) | (c == q[8]) else v
 
 
 @njit(cache=True, inline="always")

@@ -8,7 +8,15 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from ue8m0.kernels._bits import bf16_bits, decode, f32_bits, u_and, u_shr, unpack_decode
+from ue8m0.kernels._bits import (
+    bf16_bits,
+    decode,
+    decode_scaled,
+    f32_bits,
+    u_and,
+    u_shr,
+    unpack_decode,
+)
 from ue8m0.kernels._tasks import prefetch_next_task, task_grid, task_span
 
 
@@ -77,7 +85,9 @@ def dequantize_kernel(
 
     Tasks are ``chunk`` blocks of a block row, walked row by row; codes are decoded with
     integer arithmetic (:func:`~ue8m0.kernels._bits.decode`, constants ``q``), which
-    vectorises where a table lookup would not.
+    vectorises where a table lookup would not; blocks whose power-of-two scale keeps every
+    product exact take :func:`~ue8m0.kernels._bits.decode_scaled` (two exact multiplies) and
+    store without rounding.
     """
     q = unpack_decode(q)
     ntasks = task_grid(codes.shape, br, bc, chunk)[3]
@@ -93,7 +103,7 @@ def dequantize_kernel(
                 s = scale[b, i, j0 + jj]
                 if exact_scale(s, q):
                     for c in range(seg.shape[0]):
-                        store_exact(o, c, decode(seg[c], q) * s)
+                        store_exact(o, c, decode_scaled(seg[c], q, s))
                 else:
                     for c in range(seg.shape[0]):
                         store(o, c, decode(seg[c], q) * s)
