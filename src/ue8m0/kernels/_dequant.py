@@ -17,7 +17,7 @@ from ue8m0.kernels._bits import (
     u_shr,
     unpack_decode,
 )
-from ue8m0.kernels._tasks import prefetch_next_task, task_grid, task_span
+from ue8m0.kernels._tasks import next_task, prefetch_row, task_grid, task_span
 
 
 def store(out: Any, k: int, y: Any) -> None:
@@ -93,8 +93,9 @@ def dequantize_kernel(
     ntasks = task_grid(codes.shape, br, bc, chunk)[3]
     for task in prange(ntasks):
         b, i, j0, nj, r0, r1, ca, width = task_span(task, codes.shape, br, bc, chunk)
+        nxt = next_task(codes.shape, task, ntasks, br, bc, chunk)
         for r in range(r0, r1):
-            prefetch_next_task(codes, task, ntasks, br, bc, chunk, r - r0, width)
+            prefetch_row(codes, nxt, r - r0, width)
             src = codes[b, r, ca : ca + width]
             dst = out[b, r, ca : ca + width]
             for jj in range(nj):

@@ -24,7 +24,7 @@ from ue8m0.kernels._bits import (
     unpack,
     widen,
 )
-from ue8m0.kernels._tasks import prefetch_next_task, task_grid, task_span
+from ue8m0.kernels._tasks import next_task, prefetch_row, task_grid, task_span
 
 # rule ids, in the order of ScaleRule
 RCEIL, LOG2, FLOOR, CEIL, EVEN, FP32 = range(6)
@@ -198,18 +198,24 @@ def quantize_kernel(
     bad = np.zeros(ntasks, dtype=np.int64)  # per task (no parfor reduction)
     for task in prange(ntasks):
         b, i, j0, nj, r0, r1, ca, width = task_span(task, x.shape, br, bc, chunk)
-        amax = np.zeros(nj, dtype=np.uint32)
+        nxt = next_task(x.shape, task, ntasks, br, bc, chunk)
+        # column-wise running max of the magnitude bits over the task's rows (one streaming
+        # loop per row), reduced to one amax per block once per task
+        acc = np.zeros(width, dtype=x.dtype)
         for r in range(r0, r1):
             row = x[b, r, ca : ca + width]  # slices: loops from 0 vectorise (no wraparound)
-            for jj in range(nj):
-                seg = row[jj * bc : jj * bc + bc]
-                amax[jj] = max(amax[jj], run_amax(seg, seg.shape[0]))
+            for c in range(width):
+                acc[c] = max(acc[c], mag(row[c]))
+        amax = np.empty(nj, dtype=np.uint32)
+        for jj in range(nj):
+            seg = acc[jj * bc : jj * bc + bc]
+            amax[jj] = run_amax(seg, seg.shape[0])
         mult = np.empty(nj, dtype=np.float32)
         scale_row = scale[b, i, j0 : j0 + nj]
         byte_row = sbytes[b, i, j0 : j0 + nj]
         nbad = block_scales(amax, eps, rule, fmax, emax, mbits, scale_row, byte_row, mult)
         for r in range(r0, r1):
-            prefetch_next_task(x, task, ntasks, br, bc, chunk, r - r0, width)
+            prefetch_row(x, nxt, r - r0, width)
             row = x[b, r, ca : ca + width]
             out = codes[b, r, ca : ca + width]
             for jj in range(nj):

@@ -39,15 +39,20 @@ def task_span(task: int, shape: Any, br: int, bc: int, chunk: int) -> Any:
 
 
 @njit(cache=True, inline="always")
-def prefetch_next_task(
-    x: Any, task: int, ntasks: int, br: int, bc: int, chunk: int, r: int, width: int
-) -> None:
-    """Prefetch row ``r`` (relative) of the next task's run of ``width`` elements of ``x``.
+def next_task(shape: Any, task: int, ntasks: int, br: int, bc: int, chunk: int) -> Any:
+    """``(batch, first row, end row, first col)`` of the task after ``task`` (or ``task`` itself).
 
     numba hands each thread a contiguous range of tasks, so the next task is usually this
-    thread's next one.
+    thread's next one; taken once per task (divisions), then :func:`prefetch_row` per row.
     """
-    b, _, _, _, r0, r1, c0, _ = task_span(min(task + 1, ntasks - 1), x.shape, br, bc, chunk)
+    b, _, _, _, r0, r1, c0, _ = task_span(min(task + 1, ntasks - 1), shape, br, bc, chunk)
+    return b, r0, r1, c0
+
+
+@njit(cache=True, inline="always")
+def prefetch_row(x: Any, nxt: Any, r: int, width: int) -> None:
+    """Prefetch row ``r`` (relative) of the task ``nxt`` (:func:`next_task`): ``width`` elements."""
+    b, r0, r1, c0 = nxt
     ahead = x[b, min(r0 + r, r1 - 1), c0 : c0 + width]
     for c in range(0, ahead.shape[0], max(1, 64 // x.itemsize)):
         prefetch(ahead, c)
