@@ -188,12 +188,14 @@ def markdown(results: dict[str, Any]) -> str:
         + f" (copy of the input: {1e3 * results['times'][COPY]['1']:.1f} ms); "
         "`out=` avoids it.",
         "",
-        "Where the time goes (1 thread): a quantize reads each block twice — the amax on the "
-        "sign-cleared 16-bit input bits (32 lanes per AVX-512 vector, widened once per block), "
-        "then the encode from L2 with the next task prefetched — and is compute-bound in the "
-        "vectorised 32-bit rounding (~16 AVX-512 instructions per 16 elements). Dequantize "
-        "decodes with integer arithmetic (no table) and, for a power-of-two scale whose "
-        "products stay normal, skips the bf16 rounding (the product is exact). A fresh output "
+        "Where the time goes (1 thread): a 128x128 quantize reads each block twice — the amax as a "
+        "column-wise running max of the sign-cleared 16-bit input bits (32 lanes per AVX-512 vector), "
+        "reduced once per block, then the encode from L2 with the next task prefetched — and is "
+        "compute-bound in the vectorised 32-bit rounding (~16 AVX-512 instructions per 16 elements). "
+        "A 1x32 quantize takes a whole row's amaxes (one 32-lane load and vector reduction per block), "
+        "then its scales in one vectorised pass, then encodes the row from L1. Dequantize decodes with "
+        "integer arithmetic (no table); for a power-of-two scale whose products stay normal it "
+        "decodes with two exact float32 multiplies and skips the bf16 rounding. A fresh output "
         "adds its first-touch page faults (row above) on top: pass `out=` to reuse a buffer.",
         "",
         "![quantize/dequantize throughput](img/bench_kernels.png)",
