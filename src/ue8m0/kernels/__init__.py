@@ -18,12 +18,15 @@ from ue8m0.blocks import resolve_block, scale_grid
 from ue8m0.errors import NonFiniteError
 from ue8m0.formats import ElementFormat, Specials
 from ue8m0.kernels._bits import decode_params, element_params
+from ue8m0.kernels._cache import invalidate_stale_cache
 from ue8m0.kernels._dequant import dequantize_kernel
 from ue8m0.kernels._quant import quantize_groups_kernel, quantize_kernel
 from ue8m0.kernels._threads import ENV_VAR, resolve_threads, using_threads
 from ue8m0.policies import NonFinite, ScaleRule
 
 __all__ = ["ENV_VAR", "dequantize", "quantize", "resolve_threads"]
+
+invalidate_stale_cache([dequantize_kernel, quantize_groups_kernel, quantize_kernel])
 
 _RULE_IDS = {rule: i for i, rule in enumerate(ScaleRule)}
 _VIEWS = {
