@@ -36,7 +36,7 @@ library's module docstrings, read at run time.
     "recipes",
     multiple=True,
     metavar="NAME",
-    help="Recipe (repeatable; default: all six named recipes).",
+    help="Recipe (repeatable; default: every named recipe).",
 )
 @click.option("--activations", is_flag=True, help="W8A8: also quantize each Linear input.")
 @click.option("--both", is_flag=True, help="Run W8 and W8A8 (JSON: recipes, recipes_w8a8).")
