@@ -13,7 +13,7 @@ import numpy as np
 
 from ue8m0.blocks import resolve_block
 from ue8m0.formats import UE8M0, ElementFormat, decode_table
-from ue8m0.reference import _from_blocks, _to_blocks, encode
+from ue8m0.reference import _from_blocks, _to_blocks, decode_scale_bytes, encode
 
 #: elements per band of block rows processed at once (bounds the float64 temporaries)
 _BAND_ELEMENTS = 1 << 20
@@ -63,6 +63,4 @@ def refine_mse(
         chosen = np.where(better[..., None], lo_codes, cb)
         out_codes[..., r0:r1, :] = _from_blocks(chosen, x32[..., r0:r1, :].shape, block)
         out_sc[..., g0:g1, :] = np.where(better, lo, hi).reshape(out_sc[..., g0:g1, :].shape)
-    scale = np.ldexp(np.float32(1.0), np.where(out_sc == 255, 0, out_sc.astype(np.int32) - 127))
-    scale = np.where(out_sc == UE8M0.nan_code, np.float32(np.nan), scale).astype(np.float32)
-    return out_codes, scale, out_sc
+    return out_codes, decode_scale_bytes(out_sc), out_sc
