@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ckpt_fixtures import BF16, run_cli, write_checkpoint
+from ckpt_fixtures import BF16, run_cli, visible_files, write_checkpoint
 from ue8m0.checkpoint.runner import STOP_AFTER_ENV
 from ue8m0.checkpoint.source import MANIFEST_NAME
 
@@ -31,14 +31,6 @@ def _four_shards(root: Path) -> Path:
         for i in range(1, 5)
     }
     return write_checkpoint(root, shards)
-
-
-def _files(root: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(root)): p.read_bytes()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != MANIFEST_NAME
-    }
 
 
 def _cli(*args: object, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -79,7 +71,7 @@ def test_sigkill_mid_run_resumes_byte_identical(tmp_path: Path) -> None:
     fresh = _cli("quantize", src, tmp_path / "fresh", "-q")
     fresh.communicate(timeout=120)
     assert fresh.returncode == 0
-    assert _files(dst) == _files(tmp_path / "fresh")
+    assert visible_files(dst) == visible_files(tmp_path / "fresh")
     assert json.loads(manifest.read_text())["complete"] is True
 
 
@@ -89,10 +81,10 @@ def test_rerun_with_other_parameters_is_refused(
     src = _four_shards(tmp_path / "src")
     dst = tmp_path / "q"
     assert run_cli(["quantize", src, dst, "-q"], capsys)[0] == 0
-    before = _files(dst)
+    before = visible_files(dst)
     code, _, err = run_cli(["quantize", src, dst, "-q", "--scale-rule", "fp32"], capsys)
     assert code == 2 and "different parameters (scale_rule)" in err
-    assert _files(dst) == before
+    assert visible_files(dst) == before
     # same parameters: nothing to redo
     code, out, _ = run_cli(["quantize", src, dst, "--json"], capsys)
     assert code == 0 and json.loads(out)["shards_resumed"] == 4
@@ -104,27 +96,27 @@ def test_corrupted_finished_shard_is_redone(
     src = _four_shards(tmp_path / "src")
     dst = tmp_path / "q"
     assert run_cli(["quantize", src, dst, "-q"], capsys)[0] == 0
-    good = _files(dst)
+    good = visible_files(dst)
     shard = dst / "model-00003-of-00004.safetensors"
     data = bytearray(shard.read_bytes())
     data[-1] ^= 0xFF
     shard.write_bytes(bytes(data))
     code, out, _ = run_cli(["quantize", src, dst, "--json"], capsys)
     assert code == 0 and json.loads(out)["shards_written"] == 1
-    assert _files(dst) == good
+    assert visible_files(dst) == good
 
 
 def test_workers_give_the_same_bytes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = _four_shards(tmp_path / "src")
     assert run_cli(["quantize", src, tmp_path / "w1", "-q"], capsys)[0] == 0
     assert run_cli(["quantize", src, tmp_path / "w2", "-q", "--workers", "2"], capsys)[0] == 0
-    assert _files(tmp_path / "w1") == _files(tmp_path / "w2")
+    assert visible_files(tmp_path / "w1") == visible_files(tmp_path / "w2")
     assert (
         run_cli(["dequantize", tmp_path / "w2", tmp_path / "d2", "-q", "--workers", "2"], capsys)[0]
         == 0
     )
     assert run_cli(["dequantize", tmp_path / "w2", tmp_path / "d1", "-q"], capsys)[0] == 0
-    assert _files(tmp_path / "d1") == _files(tmp_path / "d2")
+    assert visible_files(tmp_path / "d1") == visible_files(tmp_path / "d2")
 
 
 def test_worker_error_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,6 +11,8 @@ import multiprocessing
 import os
 import queue
 import resource
+import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -22,9 +24,10 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from ue8m0 import kernels
 from ue8m0.api import QuantizedTensor, dequantize, quantize
 from ue8m0.checkpoint.convert import convert_shard
-from ue8m0.checkpoint.layout import element_fmt
+from ue8m0.checkpoint.layout import MX_BLOCK, element_fmt
 from ue8m0.checkpoint.manifest import Manifest, source_fingerprint
 from ue8m0.checkpoint.plan import Plan, ShardPlan
 from ue8m0.checkpoint.source import INDEX_NAME, Checkpoint, check_destination
@@ -66,6 +69,7 @@ class RunResult:
     skipped: list[str]
     seconds: float
     worker_peak: int = 0
+    worker_start: str | None = None  # "fork" / "spawn"; None: converted in this process
 
     def summary(self) -> dict[str, Any]:
         converted = sum(s.in_bytes for s in self.plan.shards if s.name in self.written)
@@ -77,6 +81,7 @@ class RunResult:
             "seconds": round(self.seconds, 3),
             "input_gb_per_s": round(converted / 1e9 / self.seconds, 3) if self.seconds else 0,
             "peak_rss_mb": round(peak / 2**20, 1),
+            "worker_start": self.worker_start,
         }
 
 
@@ -92,6 +97,7 @@ def run_plan(
     t0 = time.perf_counter()
     todo = [s for s in plan.shards if not manifest.is_done(s.name, dst)]
     skipped = [s.name for s in plan.shards if s not in todo]
+    pool = _Pool.start(ckpt, plan, todo, workers) if workers > 1 and len(todo) > 1 else None
     progress.start(sum(s.in_bytes for s in todo), len(todo))
     stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
     options = _options(plan)
@@ -104,7 +110,7 @@ def run_plan(
 
     worker_peak = 0
     try:
-        if workers <= 1 or len(todo) <= 1:
+        if pool is None:
             for shard in todo:
                 progress.shard_start(shard.name, shard.in_bytes)
                 tick: Callable[[int], None] = partial(progress.advance, shard.name)
@@ -119,16 +125,19 @@ def run_plan(
                 )
                 record(shard, size, sha)
         else:
-            worker_peak = _run_pool(ckpt, plan, dst, todo, workers, options, progress, record)
+            worker_peak = pool.run(ckpt, plan, dst, todo, options, progress, record)
         _finalize(ckpt, plan, dst)
         manifest.finish()
     except BaseException:
+        if pool is not None:
+            pool.kill()
         _clean_temps(dst)
         raise
     finally:
         progress.close()
     seconds = time.perf_counter() - t0
-    return RunResult(plan, [s.name for s in todo], skipped, seconds, worker_peak)
+    method = pool.method if pool is not None else None
+    return RunResult(plan, [s.name for s in todo], skipped, seconds, worker_peak, method)
 
 
 def _options(plan: Plan) -> dict[str, Any]:
@@ -144,12 +153,32 @@ def _clean_temps(dst: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+#: ``fork`` or ``spawn``: overrides the start method :func:`start_method` picks
+START_METHOD_ENV = "UE8M0_START_METHOD"
+
 _QUEUE: Any = None
 
 
-def _init_worker(q: Any) -> None:
+def _init_worker(q: Any, lock: Any) -> None:
     global _QUEUE
     _QUEUE = q
+    kernels.set_compile_lock(lock)
+
+
+def start_method() -> str:
+    """``fork`` where it is safe, else ``spawn``.
+
+    Forked workers start at once with the kernels the parent compiled; a spawned one pays
+    about a second (interpreter, imports, kernel cache). Forking is safe on Linux when numba's
+    threading layer is fork-safe (:func:`ue8m0.kernels.fork_safe`; the CLI picks one) and no
+    other thread runs (one holding a lock at the fork would leave it held in the child).
+    ``UE8M0_START_METHOD`` (``fork`` or ``spawn``) overrides the choice.
+    """
+    forced = os.environ.get(START_METHOD_ENV, "").strip()
+    if forced in ("fork", "spawn"):
+        return forced
+    safe = sys.platform.startswith("linux") and kernels.fork_safe()
+    return "fork" if safe and threading.active_count() == 1 else "spawn"
 
 
 def _worker(
@@ -165,34 +194,53 @@ def _worker(
     return ("ok", peak_rss_bytes(), size, sha)
 
 
-def _run_pool(
-    ckpt: Checkpoint,
-    plan: Plan,
-    dst: Path,
-    todo: list[ShardPlan],
-    workers: int,
-    options: dict[str, Any],
-    progress: Progress,
-    record: Any,
-) -> int:
-    """Run ``todo`` on worker processes; returns the largest worker peak RSS (bytes)."""
-    _warm_up(ckpt, todo, plan.kind, options)
-    ctx = multiprocessing.get_context("spawn")
-    q = ctx.Queue()
-    nproc = min(workers, len(todo))
-    threads = max(1, (os.cpu_count() or 1) // nproc)  # the cores, shared between processes
-    pool = ProcessPoolExecutor(nproc, mp_context=ctx, initializer=_init_worker, initargs=(q,))
-    pending: dict[Future[Any], ShardPlan] = {}
-    sizes = {s.name: s.in_bytes for s in todo}
-    started: set[str] = set()
-    peak = 0
-    try:
+@dataclass
+class _Pool:
+    """Worker processes over shards, started before any other thread of the run (progress
+    bars): see :func:`start_method`."""
+
+    executor: ProcessPoolExecutor
+    queue: Any
+    threads: int
+    method: str
+
+    @classmethod
+    def start(cls, ckpt: Checkpoint, plan: Plan, todo: list[ShardPlan], workers: int) -> _Pool:
+        _warm_up(ckpt, todo, plan.kind, _options(plan))
+        method = start_method()
+        ctx = multiprocessing.get_context(method)
+        q = ctx.Queue()
+        nproc = min(workers, len(todo))
+        threads = max(1, (os.cpu_count() or 1) // nproc)  # the cores, shared between processes
+        executor = ProcessPoolExecutor(
+            nproc, mp_context=ctx, initializer=_init_worker, initargs=(q, ctx.Lock())
+        )
+        # the first submit starts the processes (all of them, when forking) before the
+        # executor's own thread; a no-op task makes that happen here
+        executor.submit(int).result()
+        return cls(executor, q, threads, method)
+
+    def run(
+        self,
+        ckpt: Checkpoint,
+        plan: Plan,
+        dst: Path,
+        todo: list[ShardPlan],
+        options: dict[str, Any],
+        progress: Progress,
+        record: Any,
+    ) -> int:
+        """Run ``todo`` on the workers; returns the largest worker peak RSS (bytes)."""
+        pending: dict[Future[Any], ShardPlan] = {}
+        sizes = {s.name: s.in_bytes for s in todo}
+        started: set[str] = set()
+        peak = 0
         for shard in todo:
-            fut = pool.submit(_worker, str(ckpt.root), str(dst), shard, plan.kind, options, threads)
-            pending[fut] = shard
+            args = (str(ckpt.root), str(dst), shard, plan.kind, options, self.threads)
+            pending[self.executor.submit(_worker, *args)] = shard
         while pending:
             done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-            _drain(q, progress, sizes, started)
+            _drain(self.queue, progress, sizes, started)
             for fut in done:
                 shard = pending.pop(fut)
                 status, a, b, c = fut.result()
@@ -200,52 +248,56 @@ def _run_pool(
                     raise CheckpointError(a, b, c)
                 peak = max(peak, a)
                 record(shard, b, c)
-        _drain(q, progress, sizes, started)
-    except BaseException:
-        for proc in list(getattr(pool, "_processes", {}).values()):
+        _drain(self.queue, progress, sizes, started)
+        self.executor.shutdown()
+        return peak
+
+    def kill(self) -> None:
+        for proc in list(getattr(self.executor, "_processes", {}).values()):
             proc.terminate()
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown()
-    return peak
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _warm_up(ckpt: Checkpoint, todo: list[ShardPlan], kind: str, options: dict[str, Any]) -> None:
-    """Compile (or load) the kernels once here, for each input dtype, before the workers start:
-    workers compiling the same numba cache at once have failed ("unexpected cycle in lookup")."""
+    """Compile (or load) the kernels the workers will call, without running them.
+
+    Forked workers inherit them ready; spawned ones find them in the disk cache (workers
+    compiling the same numba cache at once have failed: "unexpected cycle in lookup"; the
+    compile lock of :func:`ue8m0.kernels.set_compile_lock` covers the rest). Inputs are
+    read-only like the reader's memory maps, blocks are the plan's: the kernels' signatures.
+    """
     from ue8m0.checkpoint.safetensors import DTYPES
 
     seen = set()
-    for shard in todo:
-        for task in shard.tasks:
-            if task.action not in ("quantize", "dequantize", "requantize", "relayout"):
-                continue
-            info = ckpt.tensors[task.name]
-            if info.dtype in seen:
-                continue
-            seen.add(info.dtype)
-            x = np.zeros((2, 2), DTYPES[info.dtype])
-            if kind == "quantize":
-                opts = {k: v for k, v in options.items() if k in _QUANT_KW}
-                quantize(x, block=(1, 1), **opts)
-            else:
-                q = QuantizedTensor(
-                    x,
-                    np.ones((2, 2), np.float32),
-                    None,
-                    element_fmt(str(task.fmt)),
-                    (1, 1),
-                    ScaleRule.FP32,
-                )
-                dequantize(q, ml_dtypes.bfloat16 if options.get("dtype") == "bf16" else np.float32)
-                if kind in ("requantize", "relayout"):
-                    quantize(
-                        np.zeros((2, 2), np.float32),
-                        block=(1, 1),
-                        fmt=element_fmt(str(task.fmt)),
-                        scale_rule=options["scale_rule"],
-                        eps=options["eps"],
-                    )
+    with kernels.compile_only():
+        for shard in todo:
+            for task in shard.tasks:
+                if task.action not in ("quantize", "dequantize", "requantize", "relayout"):
+                    continue
+                info = ckpt.tensors[task.name]
+                key = (info.dtype, task.fmt, task.block)
+                if key in seen:
+                    continue
+                seen.add(key)
+                _warm_task(DTYPES[info.dtype], task, kind, options)
+
+
+def _warm_task(dtype: Any, task: Any, kind: str, options: dict[str, Any]) -> None:
+    br, bc = tuple(task.block) if task.block else (1, 1)
+    x = np.zeros((2 * br, 2 * bc), dtype)
+    x.flags.writeable = False  # the reader hands out read-only views
+    if kind == "quantize":
+        opts = {k: v for k, v in options.items() if k in _QUANT_KW}
+        quantize(x, block=(br, bc), **opts)
+        return
+    el = element_fmt(str(task.fmt))
+    q = QuantizedTensor(x, np.ones((2, 2), np.float32), None, el, (br, bc), ScaleRule.FP32)
+    dequantize(q, ml_dtypes.bfloat16 if options.get("dtype") == "bf16" else np.float32)
+    if kind in ("requantize", "relayout"):
+        out_block = MX_BLOCK if options.get("to") == "mxfp8" else (br, bc)
+        x32 = np.zeros((2 * out_block[0], 2 * out_block[1]), np.float32)
+        opts = {k: v for k, v in options.items() if k in _QUANT_KW[1:]}
+        dequantize(quantize(x32, out_block, el, **opts), np.float32)
 
 
 _QUANT_KW = ("fmt", "scale_rule", "eps", "nonfinite")

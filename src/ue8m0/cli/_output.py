@@ -175,6 +175,14 @@ def run_summary_line(summary: dict[str, Any], dst: Any) -> str:
     )
 
 
+def fork_safe_kernels() -> None:
+    """This process will fork workers and calls the kernels from one thread: load numba's
+    fork-safe threading layer (:func:`ue8m0.kernels.prefer_fork_safe_layer`)."""
+    from ue8m0.kernels import prefer_fork_safe_layer
+
+    prefer_fork_safe_layer()
+
+
 def run_or_print_plan(
     ckpt: Any,
     plan: Any,
@@ -189,6 +197,8 @@ def run_or_print_plan(
     nothing under ``--json``, which the caller prints) and return the run's result."""
     from ue8m0.checkpoint.runner import run_plan
 
+    if workers > 1:
+        fork_safe_kernels()
     if dry_run:
         if as_json:
             extra = (

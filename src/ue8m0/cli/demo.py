@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from ue8m0.cli._output import echo_json, make_progress, output_options, table
+from ue8m0.cli._output import echo_json, fork_safe_kernels, make_progress, output_options, table
 
 EXAMPLES = """
 \b
@@ -50,6 +50,8 @@ def run_pipeline(src: Path, out: Path, workers: int, quiet: bool, as_json: bool)
         if not (quiet or as_json):
             click.echo(text, err=True)
 
+    if workers > 1:
+        fork_safe_kernels()
     ckpt = open_checkpoint(src)
     result: dict[str, Any] = {"model": str(src), "out": str(out), "rules": {}}
     for rule in RULES:

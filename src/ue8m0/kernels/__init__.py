@@ -8,10 +8,13 @@ call allocates only its outputs: no float32 copy, no padded copy. Kernels are ca
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from typing import Any
 
 import ml_dtypes
+import numba
 import numpy as np
 
 from ue8m0.blocks import resolve_block, scale_grid
@@ -21,10 +24,25 @@ from ue8m0.kernels._bits import decode_params, element_params
 from ue8m0.kernels._cache import invalidate_stale_cache
 from ue8m0.kernels._dequant import dequantize_kernel
 from ue8m0.kernels._quant import quantize_groups_kernel, quantize_kernel
-from ue8m0.kernels._threads import ENV_VAR, resolve_threads, using_threads
+from ue8m0.kernels._threads import (
+    ENV_VAR,
+    fork_safe,
+    prefer_fork_safe_layer,
+    resolve_threads,
+    using_threads,
+)
 from ue8m0.policies import NonFinite, ScaleRule
 
-__all__ = ["ENV_VAR", "dequantize", "quantize", "resolve_threads"]
+__all__ = [
+    "ENV_VAR",
+    "compile_only",
+    "dequantize",
+    "fork_safe",
+    "prefer_fork_safe_layer",
+    "quantize",
+    "resolve_threads",
+    "set_compile_lock",
+]
 
 invalidate_stale_cache([dequantize_kernel, quantize_groups_kernel, quantize_kernel])
 
@@ -40,6 +58,42 @@ _TASKS_PER_THREAD = 8
 _TASK_BYTES = 128 * 1024
 #: code bytes of one dequantize task (one pass: long tasks amortise the per-row setup)
 _DEQUANT_TASK_BYTES = 512 * 1024
+
+
+class _State:
+    """Process-wide launch state: see :func:`compile_only` and :func:`set_compile_lock`."""
+
+    compile_only = False
+    lock: Any = None
+
+
+@contextlib.contextmanager
+def compile_only() -> Iterator[None]:
+    """Within it, kernel calls compile (or load from the disk cache) for their argument types
+    and return without running: outputs are left unwritten. Workers forked afterwards start
+    with them compiled (see :func:`fork_safe`)."""
+    previous = _State.compile_only
+    _State.compile_only = True
+    try:
+        yield
+    finally:
+        _State.compile_only = previous
+
+
+def set_compile_lock(lock: Any) -> None:
+    """Serialise compiling (and writing numba's disk cache) across processes with ``lock``:
+    worker processes compiling the same kernel at once corrupt the cache."""
+    _State.lock = lock
+
+
+def _launch(kernel: Any, *args: Any) -> Any:
+    sig = tuple(numba.typeof(a) for a in args)
+    if sig not in kernel.overloads:
+        with _State.lock if _State.lock is not None else contextlib.nullcontext():
+            kernel.compile(sig)
+    if _State.compile_only:
+        return 0
+    return kernel(*args)
 
 
 def _as_3d(x: np.ndarray) -> np.ndarray:
@@ -112,7 +166,8 @@ def quantize(
         chunk = _chunk(x3.shape[0] * grid[-2], grid[-1], run, bc, n)
         if groups:  # one-row blocks tiling each row: a flat (rows, groups, bc) view
             ng = x3.shape[-1] // bc
-            bad = quantize_groups_kernel(
+            bad = _launch(
+                quantize_groups_kernel,
                 x3.reshape(-1, ng, bc),
                 codes.reshape(-1, ng, bc),
                 scale.reshape(-1, ng),
@@ -126,7 +181,8 @@ def quantize(
                 _params(fmt),
             )
         else:
-            bad = quantize_kernel(
+            bad = _launch(
+                quantize_kernel,
                 x3,
                 codes.reshape(x3.shape),
                 scale.reshape(x3.shape[0], grid[-2], grid[-1]),
@@ -188,7 +244,9 @@ def dequantize(
     with using_threads(threads) as n:
         run = min(br, codes.shape[-2]) * bc
         chunk = _chunk(s3.shape[0] * s3.shape[1], s3.shape[2], run, bc, n, _DEQUANT_TASK_BYTES)
-        dequantize_kernel(c3, s3, _decode_params(fmt), out.reshape(c3.shape), br, bc, chunk)
+        _launch(
+            dequantize_kernel, c3, s3, _decode_params(fmt), out.reshape(c3.shape), br, bc, chunk
+        )
     if result is not None:
         return result
     return out.view(out_dtype) if bf16 else out

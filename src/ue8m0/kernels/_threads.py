@@ -11,6 +11,9 @@ import numba
 from ue8m0.errors import InputError
 
 ENV_VAR = "UE8M0_NUM_THREADS"
+#: numba threading layers after which a forked child can run parallel kernels (GNU OpenMP,
+#: numba's usual choice, aborts a child forked from a process that loaded it)
+FORK_SAFE_LAYERS = ("workqueue", "tbb")
 
 
 def resolve_threads(threads: int | None) -> int:
@@ -49,3 +52,25 @@ def using_threads(threads: int | None) -> Iterator[int]:
         yield n
     finally:
         numba.set_num_threads(previous)
+
+
+def fork_safe() -> bool:
+    """Whether a child forked now can run the kernels: numba's threading layer, loaded or the
+    one it will load, is fork-safe (:data:`FORK_SAFE_LAYERS`)."""
+    try:
+        return str(numba.threading_layer()) in FORK_SAFE_LAYERS
+    except ValueError:  # not loaded yet: the configured choice decides
+        wanted = str(numba.config.THREADING_LAYER)  # type: ignore[attr-defined]
+        return wanted in (*FORK_SAFE_LAYERS, "forksafe")
+
+
+def prefer_fork_safe_layer() -> None:
+    """Make this process load numba's ``workqueue`` layer (fork-safe, same speed for these
+    coarse tasks, but not for kernels called from several Python threads at once) unless a
+    layer is loaded already or the user chose one (``NUMBA_THREADING_LAYER``). For a process
+    that forks workers and calls the kernels from one thread: the CLI."""
+    try:
+        numba.threading_layer()
+    except ValueError:
+        if str(numba.config.THREADING_LAYER) == "default":  # type: ignore[attr-defined]
+            numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]
