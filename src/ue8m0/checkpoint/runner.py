@@ -14,6 +14,7 @@ import resource
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -216,8 +217,11 @@ class _Pool:
             nproc, mp_context=ctx, initializer=_init_worker, initargs=(q, ctx.Lock())
         )
         # the first submit starts the processes (all of them, when forking) before the
-        # executor's own thread; a no-op task makes that happen here
-        executor.submit(int).result()
+        # executor's own thread; a no-op task makes that happen here. Native threads (BLAS,
+        # numba's workqueue) come from libraries that handle fork; Python 3.12+ warns anyway.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", r".*multi-threaded.*fork", DeprecationWarning)
+            executor.submit(int).result()
         return cls(executor, q, threads, method)
 
     def run(
