@@ -56,10 +56,10 @@ def median_time(fn: Callable[[], Any], repeats: int, warmup: bool = True) -> flo
 
 
 def paired_times(fns: dict[int, Callable[[], Any]], repeats: int) -> dict[int, float]:
-    """Median seconds per thread count, the counts alternating run by run.
+    """Median seconds per key (a thread count, or a peer and ours), calls alternating.
 
     On a shared machine another job can take a core for a while; alternating gives every
-    thread count the same share of that noise, so their ratio stays meaningful.
+    function the same share of that noise, so their ratio stays meaningful.
     """
     for fn in fns.values():
         fn()

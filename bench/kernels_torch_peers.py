@@ -1,7 +1,9 @@
 """Torch-side peers of ``bench_kernels.py``, run in a subprocess (``THP_MEM_ALLOC_ENABLE=1``).
 
-Prints one JSON object: for each method and thread count the median seconds, plus the share
-of output bytes equal to ue8m0's (same tensor, same rule), and torch.compile's compile time.
+Prints one JSON object: for each method and thread count the median seconds, the median of the
+ue8m0 case it is compared with, timed in this process call by call in alternation with it
+(``paired``), the share of output bytes equal to ue8m0's (same tensor, same rule), and
+torch.compile's compile time.
 Not a test and not imported by the package.
 """
 
@@ -16,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from bench_kernels import make_tensor, median_time
+from bench_kernels import make_tensor, paired_times
 
 
 def main() -> None:
@@ -71,11 +73,27 @@ def main() -> None:
     except ImportError:
         out["skipped"]["torchao"] = "torchao not installed"
 
+    codes = np.empty(x_np.shape, np.uint8)
+
+    def ours(name: str, threads: int) -> Callable[[], Any]:
+        """The ue8m0 case a peer is compared with (same rule, preallocated ``out=``)."""
+        if name.startswith("torchao"):
+            rule = name.rsplit("_", 1)[1]
+            return functools.partial(
+                ue8m0.quantize, x_np, (1, 32), "e4m3", rule, 0.0, out=codes, threads=threads
+            )
+        return functools.partial(
+            ue8m0.quantize, x_np, (128, 128), "e4m3", "rceil", 1e-4, out=codes, threads=threads
+        )
+
+    out["paired"] = {}
     for threads in (int(t) for t in threads_list.split(",")):
         torch.set_num_threads(threads)
         for name, fn in fns.items():
-            fn()
-            out["times"][f"{name}@{threads}"] = median_time(fn, repeats, warmup=False)
+            # the peer and its ue8m0 case alternate call by call: both see the same machine
+            pair = paired_times({0: fn, 1: ours(name, threads)}, repeats)
+            out["times"][f"{name}@{threads}"] = pair[0]
+            out["paired"][f"{name}@{threads}"] = pair[1]
     for name, fn in fns.items():
         result = fn()
         if name.startswith("torchao"):

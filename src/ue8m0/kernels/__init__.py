@@ -87,12 +87,15 @@ def set_compile_lock(lock: Any) -> None:
 
 
 def _launch(kernel: Any, *args: Any) -> Any:
-    sig = tuple(numba.typeof(a) for a in args)
-    if sig not in kernel.overloads:
-        with _State.lock if _State.lock is not None else contextlib.nullcontext():
-            kernel.compile(sig)
-    if _State.compile_only:
-        return 0
+    """``kernel(*args)``; under :func:`compile_only` or a compile lock, first compile for the
+    arguments' types (typing them costs tens of microseconds: plain calls skip it)."""
+    if _State.compile_only or _State.lock is not None:
+        sig = tuple(numba.typeof(a) for a in args)
+        if sig not in kernel.overloads:
+            with _State.lock if _State.lock is not None else contextlib.nullcontext():
+                kernel.compile(sig)
+        if _State.compile_only:
+            return 0
     return kernel(*args)
 
 
