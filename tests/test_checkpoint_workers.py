@@ -86,6 +86,8 @@ def test_start_method(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(runner.START_METHOD_ENV, raising=False)
     monkeypatch.setattr(runner.sys, "platform", "linux")
     monkeypatch.setattr(kernels, "fork_safe", lambda: True)
+    live = threading.active_count
+    monkeypatch.setattr(runner.threading, "active_count", lambda: 1)  # other tests' threads
     assert runner.start_method() == "fork"
     monkeypatch.setattr(kernels, "fork_safe", lambda: False)  # GNU OpenMP loaded
     assert runner.start_method() == "spawn"
@@ -93,6 +95,7 @@ def test_start_method(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runner.sys, "platform", "darwin")
     assert runner.start_method() == "spawn"
     monkeypatch.setattr(runner.sys, "platform", "linux")
+    monkeypatch.setattr(runner.threading, "active_count", live)
     stop = threading.Event()
     other = threading.Thread(target=stop.wait)
     other.start()

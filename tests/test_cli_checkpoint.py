@@ -127,3 +127,7 @@ def test_progress_bars_only_on_a_terminal(
     assert "2 shards" in err and "B/s" in err
     summary = result.summary()
     assert summary["shards_written"] == 2 and summary["peak_rss_mb"] > 10
+    # the bars leave no thread behind (tqdm's monitor would make the next run spawn workers)
+    import threading
+
+    assert not [t for t in threading.enumerate() if "tqdm" in t.name]

@@ -70,6 +70,9 @@ class BarProgress(Progress):
     def __init__(self) -> None:
         from tqdm import tqdm
 
+        # no monitor thread: our bars advance continuously, and a live thread would make the
+        # next run spawn its workers instead of forking them (runner.start_method)
+        tqdm.monitor_interval = 0
         self._tqdm = tqdm
         self._run: Any = None
         self._bars: dict[str, Any] = {}
