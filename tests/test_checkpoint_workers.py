@@ -5,9 +5,12 @@ compiles exactly the kernel signatures the conversion calls."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,8 @@ from ckpt_fixtures import BF16, run_cli, visible_files, write_checkpoint
 from ue8m0.checkpoint import runner
 from ue8m0.checkpoint.plan import QuantizeOptions, plan_dequantize, plan_quantize
 from ue8m0.checkpoint.requantize import Fp8Options, plan_fp8
-from ue8m0.checkpoint.source import open_checkpoint
+from ue8m0.checkpoint.runner import STOP_AFTER_ENV
+from ue8m0.checkpoint.source import MANIFEST_NAME, open_checkpoint
 
 
 def _shards(root: Path) -> Path:
@@ -72,6 +76,62 @@ def test_fresh_cli_forks_workers_that_match_one_process(
     args = ["relayout", tmp_path / "w2", tmp_path / "m1", "--to", "mxfp8", "-q"]
     assert run_cli(args, capsys)[0] == 0
     assert visible_files(tmp_path / "m1") == visible_files(tmp_path / "m2")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:  # exited meanwhile
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_killed_run_takes_its_workers_along_and_resumes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGKILL the parent of a --workers 2 run: the kernel kills its workers too (none keeps
+    writing into DST), and rerunning resumes to the bytes of an uninterrupted run."""
+    src = _shards(tmp_path / "src")
+    dst = tmp_path / "killed"
+    env = {**os.environ, STOP_AFTER_ENV: "1"}
+    args = [sys.executable, "-m", "ue8m0.cli.main", "quantize", src, dst, "-q", "--workers", "2"]
+    err = tmp_path / "stderr.txt"
+    with err.open("wb") as sink:  # not a pipe: a surviving worker would hold it open
+        proc = subprocess.Popen(list(map(str, args)), env=env, stderr=sink)
+    manifest = dst / MANIFEST_NAME
+    deadline = time.monotonic() + 120
+    while not (manifest.exists() and json.loads(manifest.read_text())["shards"]):
+        assert proc.poll() is None and time.monotonic() < deadline, err.read_text()
+        time.sleep(0.05)
+    workers = _children(proc.pid)
+    assert len(workers) >= 2  # the pool's processes (and the queue's resource tracker, if any)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    survivors = [w for w in workers if _alive(w)]
+    for w in survivors:  # pragma: no cover - only when the test fails
+        os.kill(w, signal.SIGKILL)
+    assert not survivors
+    assert not (dst / "model.safetensors.index.json").exists()
+
+    assert _fresh_cli("quantize", src, dst, "--workers", "2")["shards_resumed"] >= 1
+    assert run_cli(["quantize", src, tmp_path / "whole", "-q"], capsys)[0] == 0
+    assert visible_files(dst) == visible_files(tmp_path / "whole")
 
 
 def test_one_process_run_reports_no_worker_start(

@@ -7,10 +7,12 @@ is written; the index is written last, after the copied files and the config.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 import queue
 import resource
+import signal
 import sys
 import threading
 import time
@@ -160,10 +162,22 @@ START_METHOD_ENV = "UE8M0_START_METHOD"
 _QUEUE: Any = None
 
 
-def _init_worker(q: Any, lock: Any) -> None:
+def _init_worker(q: Any, lock: Any, parent: int) -> None:
     global _QUEUE
     _QUEUE = q
     kernels.set_compile_lock(lock)
+    _die_with(parent)
+
+
+def _die_with(parent: int) -> None:
+    """Linux: the kernel kills this worker when the parent dies (``PR_SET_PDEATHSIG``), so a
+    killed run leaves no worker still writing into DST when it is resumed."""
+    if not sys.platform.startswith("linux"):  # pragma: no cover - other systems
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the call
+        os._exit(1)
 
 
 def start_method() -> str:
@@ -214,7 +228,10 @@ class _Pool:
         nproc = min(workers, len(todo))
         threads = max(1, (os.cpu_count() or 1) // nproc)  # the cores, shared between processes
         executor = ProcessPoolExecutor(
-            nproc, mp_context=ctx, initializer=_init_worker, initargs=(q, ctx.Lock())
+            nproc,
+            mp_context=ctx,
+            initializer=_init_worker,
+            initargs=(q, ctx.Lock(), os.getpid()),
         )
         # the first submit starts the processes (all of them, when forking) before the
         # executor's own thread; a no-op task makes that happen here. Native threads (BLAS,
