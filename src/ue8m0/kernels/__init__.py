@@ -54,8 +54,9 @@ _VIEWS = {
 }
 #: work items per thread the block rows are cut into (for load balance)
 _TASKS_PER_THREAD = 8
-#: input bytes of one quantize task (both passes read it; the second from L2)
-_TASK_BYTES = 128 * 1024
+#: input bytes of one quantize task (both passes read it; the second from L2); 192 KB (six
+#: 128x128 bf16 blocks) measured best, 3 % ahead of 128 KB, between 32 KB and 4 MB
+_TASK_BYTES = 192 * 1024
 #: code bytes of one dequantize task (one pass: long tasks amortise the per-row setup)
 _DEQUANT_TASK_BYTES = 512 * 1024
 

@@ -66,13 +66,15 @@ def _prefetch(typingctx: Any, arr: Any, index: Any) -> Any:
         i32 = ir.IntType(32)
         fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
         fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-        builder.call(fn, [ptr, i32(0), i32(3), i32(1)])  # read, keep in all levels, data
+        builder.call(fn, [ptr, i32(0), i32(2), i32(1)])  # read, into L2 (prefetcht1), data
         return context.get_dummy_value()
 
     return types.void(arr, index), codegen
 
 
-#: ``prefetch(row, i)``: hint the CPU to fetch the cache line of ``row[i]`` (1-D array)
+#: ``prefetch(row, i)``: hint the CPU to fetch the cache line of ``row[i]`` (1-D array) into
+#: L2 (``prefetcht1``): the next task is read from there, and an L1 prefetch would hold one
+#: of the few L1 fill buffers the current task's loads and stores need (≈ 3 % faster)
 prefetch: Any = _prefetch
 
 
