@@ -1,6 +1,8 @@
 """End-to-end ``ue8m0 quantize`` on a generated >= 2 GB BF16 Llama-style checkpoint, from a warm
 page cache: GB/s of input and peak RSS at ``--workers 1`` and ``2``, beside llm-compressor's
-``model_free_ptq(scheme="FP8_BLOCK")`` on CPU on the same checkpoint in the same run.
+``model_free_ptq(scheme="FP8_BLOCK")`` on CPU on the same checkpoint in the same run. Every
+timed run starts after ``sync``: no earlier run's output is still being written back to disk
+(the kernel would throttle this run's writes for it).
 
 Not a test. Run:  .venv/bin/python bench/bench_checkpoint.py [--llmc-python PY] [--dir DIR]
 
@@ -118,6 +120,7 @@ def write_ceiling(tmp: Path, nbytes: int, repeats: int = 3) -> float:
     best = float("inf")
     for _ in range(repeats):
         path = tmp / "ceiling.bin"
+        os.sync()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         t0 = time.perf_counter()
         for offset in range(0, nbytes, len(data)):
@@ -196,6 +199,7 @@ def main() -> None:
             for _ in range(args.repeats):
                 dst = base / "dst"
                 shutil.rmtree(dst, ignore_errors=True)
+                os.sync()  # the previous run's output is on disk: no writeback competes
                 warm(src)
                 r = timed([a if a != "DST" else str(dst) for a in argv], label, base)
                 best = r if best is None or r["seconds"] < best["seconds"] else best
