@@ -43,7 +43,7 @@ def _shards(root: Path) -> Path:
     return write_checkpoint(root, shards)
 
 
-def _fresh_cli(*args: object) -> dict[str, Any]:
+def _fresh_cli(*args: object, env: dict[str, str] | None = None) -> dict[str, Any]:
     """``ue8m0 ARGS --json`` in a fresh process (nothing loaded yet): its JSON summary."""
     done = subprocess.run(
         [sys.executable, "-m", "ue8m0.cli.main", *map(str, args), "--json"],
@@ -51,6 +51,7 @@ def _fresh_cli(*args: object) -> dict[str, Any]:
         text=True,
         timeout=300,
         check=False,
+        env={**os.environ, **(env or {})},
     )
     assert done.returncode == 0, done.stderr
     result: dict[str, Any] = json.loads(done.stdout)
@@ -97,6 +98,18 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_spawned_workers_match_one_process(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The fallback where forking is unsafe: spawned workers, kernels from the disk cache."""
+    src = _shards(tmp_path / "src")
+    env = {runner.START_METHOD_ENV: "spawn"}
+    spawned = _fresh_cli("quantize", src, tmp_path / "w2", "--workers", "2", env=env)
+    assert spawned["worker_start"] == "spawn"
+    assert run_cli(["quantize", src, tmp_path / "w1", "-q"], capsys)[0] == 0
+    assert visible_files(tmp_path / "w1") == visible_files(tmp_path / "w2")
 
 
 def test_killed_run_takes_its_workers_along_and_resumes(
