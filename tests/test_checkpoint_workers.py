@@ -291,3 +291,19 @@ def _e4m3_rceil() -> tuple[Any, ...]:
 
 
 _E4M3_RCEIL = _e4m3_rceil()
+
+
+def _die(*args: Any, **kwargs: Any) -> Any:
+    os._exit(3)  # a worker killed by the system (the OOM killer, a crash)
+
+
+def test_dead_worker_is_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = _shards(tmp_path / "src")
+    ckpt = open_checkpoint(src)
+    plan = plan_quantize(ckpt, QuantizeOptions().validated())
+    monkeypatch.setenv(runner.START_METHOD_ENV, "fork")  # the child inherits the patch below
+    monkeypatch.setattr(runner, "convert_shard", _die)
+    with pytest.raises(runner.CheckpointError, match="a worker process died while converting"):
+        runner.run_plan(ckpt, plan, tmp_path / "q", workers=2)
+    assert not (tmp_path / "q" / "model.safetensors.index.json").exists()
+    assert not list((tmp_path / "q").glob("*.safetensors"))

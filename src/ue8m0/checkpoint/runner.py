@@ -19,6 +19,7 @@ import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -264,7 +265,15 @@ class _Pool:
             _drain(self.queue, progress, sizes, started)
             for fut in done:
                 shard = pending.pop(fut)
-                status, a, b, c = fut.result()
+                try:
+                    status, a, b, c = fut.result()
+                except BrokenProcessPool:
+                    raise CheckpointError(
+                        dst,
+                        f"a worker process died while converting {shard.name} (killed by the "
+                        f"system, e.g. out of memory, or crashed; {START_METHOD_ENV}="
+                        f"{self.method}); rerun the same command to resume",
+                    ) from None
                 if status == "error":
                     raise CheckpointError(a, b, c)
                 peak = max(peak, a)
