@@ -307,3 +307,16 @@ def test_dead_worker_is_one_line_error(tmp_path: Path, monkeypatch: pytest.Monke
         runner.run_plan(ckpt, plan, tmp_path / "q", workers=2)
     assert not (tmp_path / "q" / "model.safetensors.index.json").exists()
     assert not list((tmp_path / "q").glob("*.safetensors"))
+
+
+def test_worker_dying_at_start_is_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = _shards(tmp_path / "src")
+    ckpt = open_checkpoint(src)
+    plan = plan_quantize(ckpt, QuantizeOptions().validated())
+    monkeypatch.setenv(runner.START_METHOD_ENV, "fork")
+    monkeypatch.setattr(runner, "_die_with", _die)  # the worker initializer fails hard
+    with pytest.raises(runner.CheckpointError, match="a worker process died while starting"):
+        runner.run_plan(ckpt, plan, tmp_path / "q", workers=2)
+    assert not (tmp_path / "q" / "model.safetensors.index.json").exists()

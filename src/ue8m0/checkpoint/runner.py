@@ -237,10 +237,23 @@ class _Pool:
         # the first submit starts the processes (all of them, when forking) before the
         # executor's own thread; a no-op task makes that happen here. Native threads (BLAS,
         # numba's workqueue) come from libraries that handle fork; Python 3.12+ warns anyway.
+        pool = cls(executor, q, threads, method)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", r".*multi-threaded.*fork", DeprecationWarning)
-            executor.submit(int).result()
-        return cls(executor, q, threads, method)
+            try:
+                executor.submit(int).result()
+            except BrokenProcessPool:
+                pool.kill()
+                raise pool.died(ckpt.root, "while starting") from None
+        return pool
+
+    def died(self, where: Path, doing: str) -> CheckpointError:
+        """The one-line error for a worker that died (the pool is broken from then on)."""
+        return CheckpointError(
+            where,
+            f"a worker process died {doing} (killed by the system, e.g. out of memory, or "
+            f"crashed; {START_METHOD_ENV}={self.method}); rerun the same command to resume",
+        )
 
     def run(
         self,
@@ -268,12 +281,7 @@ class _Pool:
                 try:
                     status, a, b, c = fut.result()
                 except BrokenProcessPool:
-                    raise CheckpointError(
-                        dst,
-                        f"a worker process died while converting {shard.name} (killed by the "
-                        f"system, e.g. out of memory, or crashed; {START_METHOD_ENV}="
-                        f"{self.method}); rerun the same command to resume",
-                    ) from None
+                    raise self.died(dst, f"while converting {shard.name}") from None
                 if status == "error":
                     raise CheckpointError(a, b, c)
                 peak = max(peak, a)
