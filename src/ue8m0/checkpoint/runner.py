@@ -334,11 +334,13 @@ def _warm_task(dtype: Any, task: Any, kind: str, options: dict[str, Any]) -> Non
     if kind in ("requantize", "relayout"):
         out_block = MX_BLOCK if options.get("to") == "mxfp8" else (br, bc)
         x32 = np.zeros((2 * out_block[0], 2 * out_block[1]), np.float32)
-        opts = {k: v for k, v in options.items() if k in _QUANT_KW[1:]}
+        opts = {k: v for k, v in options.items() if k in _RULE_KW}
         dequantize(quantize(x32, out_block, el, **opts), np.float32)
 
 
-_QUANT_KW = ("fmt", "scale_rule", "eps", "nonfinite")
+#: the plan options that are ``ue8m0.quantize`` keywords (an FP8 source keeps its own ``fmt``)
+_RULE_KW = ("scale_rule", "eps", "nonfinite")
+_QUANT_KW = ("fmt", *_RULE_KW)
 
 
 def _drain(q: Any, progress: Progress, sizes: dict[str, int], started: set[str]) -> None:

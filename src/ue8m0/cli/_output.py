@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -61,6 +62,16 @@ def eps_option(func: F) -> F:
         default=1e-4,
         show_default=True,
         help="Lower bound on each block's amax (DeepSeek, DeepGEMM: 1e-4).",
+    )(func)
+
+
+def report_option(func: F) -> F:
+    """``--report PATH``: the per-tensor report of requantize / relayout, also to a file."""
+    return click.option(
+        "--report",
+        "report_path",
+        type=click.Path(path_type=Path),
+        help="Also write the per-tensor report to PATH.json and PATH.md.",
     )(func)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ue8m0.cli._output import eps_option, run_options
+from ue8m0.cli._output import eps_option, report_option, run_options
 from ue8m0.cli.requantize import run_fp8_command
 
 EXAMPLES = """
@@ -46,12 +46,7 @@ are dequantized and requantized (lossy) and listed, with their error.
     help="canonical: each group's own rceil scale; repeat: the source scale byte repeated.",
 )
 @eps_option
-@click.option(
-    "--report",
-    "report_path",
-    type=click.Path(path_type=Path),
-    help="Also write the per-tensor report to PATH.json and PATH.md.",
-)
+@report_option
 @run_options
 def relayout(
     src: Path,

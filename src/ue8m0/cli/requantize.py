@@ -9,6 +9,7 @@ import click
 from ue8m0.cli._output import (
     echo_json,
     eps_option,
+    report_option,
     run_options,
     run_or_print_plan,
     scale_search_option,
@@ -64,12 +65,7 @@ writes PATH.json and PATH.md). Rerunning into the same DST resumes.
     "layout can store it, else f32).",
 )
 @eps_option
-@click.option(
-    "--report",
-    "report_path",
-    type=click.Path(path_type=Path),
-    help="Also write the per-tensor report to PATH.json and PATH.md.",
-)
+@report_option
 @run_options
 def requantize(
     src: Path,
