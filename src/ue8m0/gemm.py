@@ -1,14 +1,28 @@
 """Emulate block-scaled FP8 GEMMs on CPU: ``C = A · Bᵀ`` from two :class:`QuantizedTensor`.
 
 ``A`` is ``(M, K)`` (1×128 or 1×32 activation blocks), ``B`` is ``(N, K)`` (128×128 or 1×32
-weight blocks); any blocks whose K extents share a common K-block work. Three modes:
+weight blocks); any blocks whose K extents share a common K-block work. Four modes:
 
 ``exact``
     ``dequantize(A) @ dequantize(B).T`` in float64 (the reference; float64 output).
 ``fp32``
-    What DeepGEMM does after promotion: per K-block the unscaled element products are summed
+    An ideal promoted accumulator: per K-block the unscaled element products are summed
     (exactly: float64 BLAS, see below), rounded once to float32, multiplied by the float32
-    ``scale_a * scale_b`` and added to a float32 accumulator.
+    ``scale_a * scale_b`` and added to a float32 accumulator. (A Hopper GPU's block sums are not
+    exact: see ``hopper``.)
+``hopper``
+    Bit-exact with an NVIDIA H200's FP8 tensor cores (measured: ``bench/hopper_gemm_probe.py``;
+    cuBLAS's block-scaled and tensor-wise FP8 GEMMs and Triton ``tl.dot``, every output of
+    K = 4096 products equal). Per ``wgmma`` step of 32 elements of K, the accumulator and the 32
+    exact element products are each truncated to a multiple of ``2**(E - 13)``, where ``E`` is the
+    largest of the products' exponent sums ``e_a + e_b`` (``e = floor(log2 |x|)``; how subnormals
+    count cannot matter, as their products lie on a grid finer than any such ``2**(E - 13)``)
+    and the accumulator's exponent; the truncated addends are summed and
+    the sum is truncated to 13 fraction bits. Every ``promote_every`` elements (128: DeepGEMM and
+    cuBLAS's block-scaled and default paths; ``None``: never, cuBLAS's ``use_fast_accum``) the
+    accumulator, times the float32 ``scale_a * scale_b``, is added to a float32 result (round to
+    nearest) and cleared. With power-of-two (UE8M0) scales the order of those multiplies cannot
+    matter; for float32 scales it is this model's choice.
 ``limited``
     A model of a tensor-core accumulator. Every ``mma_k`` elements of K the exact, scaled sum of
     that group is added to an accumulator that is a float32 register keeping only
@@ -51,13 +65,19 @@ from ue8m0.blocks import resolve_block
 from ue8m0.errors import FormatNameError, InputError, InputTypeError
 from ue8m0.formats import decode_table
 
-MODES = ("exact", "fp32", "limited")
+MODES = ("exact", "fp32", "limited", "hopper")
 ROUNDINGS = ("rtz", "rne")
 
 #: DeepSeek-V3 report: "around 14 bits" retained = 13 fraction bits + the implicit one
 HOPPER_MANTISSA_BITS = 13
 #: DeepSeek-V3 report: promotion interval N_C = 128 elements of K
 HOPPER_PROMOTION_INTERVAL = 128
+#: ``hopper`` mode (measured on an H200): elements of K per tensor-core step (one FP8 ``wgmma``)
+HOPPER_MMA_K = 32
+#: ``hopper`` mode: bits kept below the largest addend's exponent, and fraction bits of the sum
+HOPPER_ALIGN_BITS = 13
+#: the exponent given to zeros (below any product of two finite FP8 values)
+_ZERO_EXPONENT = -(1 << 20)
 
 
 def _operand(q: object, name: str) -> QuantizedTensor:
@@ -102,8 +122,12 @@ class _Operands:
     def step(self, u: int) -> tuple[np.ndarray, np.ndarray]:
         """``(exact unscaled dot, float32 scale_a * scale_b)`` of unit ``u`` of K."""
         np.matmul(self.av[u], self.bv[u].T, out=self.dot)
+        return self.dot, self.step_scale(u)
+
+    def step_scale(self, u: int) -> np.ndarray:
+        """The float32 ``scale_a * scale_b`` of unit ``u`` of K."""
         np.multiply.outer(self.sa[u], self.sb[u], out=self.scale)
-        return self.dot, self.scale
+        return self.scale
 
 
 def _cut(acc: np.ndarray, mantissa_bits: int, rounding: str) -> np.ndarray:
@@ -135,10 +159,11 @@ def gemm(
 
     Args:
         a, b: :class:`QuantizedTensor` operands with the same K.
-        mode: ``exact`` (float64 result), ``fp32`` or ``limited`` (float32 results).
+        mode: ``exact`` (float64 result), ``fp32``, ``limited`` or ``hopper`` (float32 results).
         mantissa_bits: ``limited``: fraction bits the accumulator keeps (1..23; more is 23).
-        promote_every: ``limited``: elements of K between promotions to float32 (a multiple of
-            ``mma_k``); ``None`` never promotes.
+        promote_every: ``limited``, ``hopper``: elements of K between promotions to float32 (a
+            multiple of ``mma_k``; for ``hopper`` a multiple of 32 that divides the K-block, or
+            ``None`` when the scales are constant along K); ``None`` never promotes.
         mma_k: ``limited``: elements of K per accumulator update (default the K-block: the
             gcd of both operands' block columns); it and the K-block must divide one another.
         rounding: ``limited``: ``rtz`` (truncate, as tensor cores do) or ``rne``.
@@ -155,6 +180,8 @@ def gemm(
     chunk = math.gcd(resolve_block(a.block, a.shape)[1], resolve_block(b.block, b.shape)[1])
     if mode == "fp32":
         return _fp32(_Operands(a, b))
+    if mode == "hopper":
+        return _hopper(_Operands(a, b, HOPPER_MMA_K), _hopper_promotion(promote_every, chunk, a))
     if rounding not in ROUNDINGS:
         raise FormatNameError(f"gemm: unknown rounding {rounding!r}; known: {ROUNDINGS}")
     if mantissa_bits < 1:
@@ -196,5 +223,64 @@ def _limited(ops: _Operands, mbits: int, promote: int, step: int, rounding: str)
         end = min((g + per_group) * ops.unit, ops.k)
         if end % promote == 0 or end == ops.k:
             c += acc
+            acc[...] = 0
+    return c
+
+
+def _hopper_promotion(promote_every: int | None, chunk: int, a: QuantizedTensor) -> int:
+    k = a.shape[1]
+    if promote_every is None:
+        if chunk < k:
+            raise InputError(
+                f"gemm: promote_every=None needs one scale along K (the K-block is {chunk}, "
+                f"K is {k}): a tensor core applies block scales only when it promotes"
+            )
+        return -(-k // HOPPER_MMA_K) * HOPPER_MMA_K
+    if promote_every < 1 or promote_every % HOPPER_MMA_K or (chunk < k and chunk % promote_every):
+        raise InputError(
+            f"gemm: hopper promote_every={promote_every} must be a multiple of {HOPPER_MMA_K} "
+            f"that divides the K-block ({chunk})"
+        )
+    return promote_every
+
+
+def _exponents(values: np.ndarray) -> np.ndarray:
+    """``floor(log2 |x|)`` per element (zeros: far below any other)."""
+    _, e = np.frexp(values)
+    return np.where(values == 0, _ZERO_EXPONENT, e - 1).astype(np.int64)
+
+
+def _truncate(x: np.ndarray, bits: int) -> np.ndarray:
+    """``x`` (float64) cut to ``bits`` fraction bits, toward zero."""
+    mant, e = np.frexp(x)
+    return np.ldexp(np.trunc(np.ldexp(mant, bits + 1)), e - (bits + 1))
+
+
+def _hopper(ops: _Operands, promote: int, max_bytes: int = 1 << 26) -> np.ndarray:
+    """The ``hopper`` mode; rows of A in bands so one step's products stay under ``max_bytes``."""
+    ea = _exponents(ops.av)
+    eb = _exponents(ops.bv)
+    m, n = ops.shape
+    c = np.zeros(ops.shape, dtype=np.float32)
+    acc = np.zeros(ops.shape, dtype=np.float64)
+    band = max(1, max_bytes // (8 * n * (HOPPER_MMA_K + 1)))
+    for u in range(ops.units):
+        for r0 in range(0, m, band):
+            rows = slice(r0, min(m, r0 + band))
+            addends = np.empty((rows.stop - r0, n, HOPPER_MMA_K + 1))
+            np.multiply(ops.av[u, rows, None, :], ops.bv[u, None, :, :], out=addends[..., 1:])
+            addends[..., 0] = acc[rows]
+            top = (ea[u, rows, None, :] + eb[u, None, :, :]).max(axis=-1)
+            np.maximum(top, _exponents(acc[rows]), out=top)
+            top[top <= _ZERO_EXPONENT // 2] = 0  # all addends zero: any quantum will do
+            quantum = np.ldexp(1.0, top - HOPPER_ALIGN_BITS)
+            addends /= quantum[..., None]  # exact: powers of two, no underflow
+            np.trunc(addends, out=addends)
+            total = addends.sum(axis=-1) * quantum  # exact: integers below 2**53
+            acc[rows] = _truncate(total, HOPPER_ALIGN_BITS)
+        if ((u + 1) * HOPPER_MMA_K) % promote == 0 or u == ops.units - 1:
+            part = acc.astype(np.float32)
+            part *= ops.step_scale(u)
+            c += part
             acc[...] = 0
     return c
