@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ue8m0.checkpoint.dropbehind import DropBehind
 from ue8m0.checkpoint.safetensors import DTYPES
 from ue8m0.errors import CheckpointError
 
@@ -93,6 +94,7 @@ class SafetensorsWriter:
         self.size = offset
         self.checksum = ""
         self._fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._drop = DropBehind(self._fd)  # the file's pages leave the cache as they reach disk
         self._crcs: list[tuple[int, int, int]] = []  # (offset, length, crc32) of each piece
         # write-behind: pwrite releases the GIL, so the next slab is computed meanwhile
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="ue8m0-writer")
@@ -103,8 +105,9 @@ class SafetensorsWriter:
         done = 0
         while done < len(data):
             done += os.pwrite(self._fd, data[done:], offset + done)
-        # checksummed while still in cache, so the file never has to be read back
+        # checksummed from our buffer, so the file never has to be read back
         self._crcs.append((offset, len(data), zlib.crc32(data)))
+        self._drop.written(offset, len(data))
 
     def write(self, name: str, array: np.ndarray) -> None:
         """Append bytes (C order) to tensor ``name``."""
@@ -127,6 +130,8 @@ class SafetensorsWriter:
         try:
             while self._pending:
                 self._pending.popleft().result()
+            if exc_type is None:
+                self._drop.finish()
         finally:
             self._pool.shutdown()
             os.close(self._fd)
