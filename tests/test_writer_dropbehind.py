@@ -93,3 +93,14 @@ def test_a_written_shard_leaves_the_page_cache(tmp_path: Path) -> None:
     resident = _resident_pages(path)
     assert resident * mmap.PAGESIZE < (1 << 20), f"{resident} pages still cached"
     assert np.array_equal(np.fromfile(path, np.uint8)[-n:], data)  # and the bytes are right
+
+
+def test_the_environment_can_turn_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    rec = Recorder()
+    monkeypatch.setenv("UE8M0_DROP_BEHIND", "0")
+    db = DropBehind(3, lag=1, sync_file_range=rec.sync, fadvise=rec.fadvise)
+    db.written(0, 8)
+    db.finish()
+    assert not db.enabled and rec.calls == []
+    monkeypatch.setenv("UE8M0_DROP_BEHIND", "1")
+    assert DropBehind(3, lag=1, sync_file_range=rec.sync, fadvise=rec.fadvise).enabled

@@ -14,6 +14,8 @@ with ``O_DIRECT`` (docs/benchmarks.md).
 
 Where the calls do not exist (not Linux) or fail (a filesystem without writeback), it turns
 itself off and the file is written as before; on tmpfs both calls succeed and do nothing.
+``UE8M0_DROP_BEHIND=0`` turns it off: a small output on a slow disk then finishes as soon as
+it is in the page cache, instead of when it is on the disk.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from collections.abc import Callable
 
 #: bytes of written pieces one file keeps in the page cache before waiting and dropping
 LAG = 64 * 1024 * 1024
+#: ``0`` turns drop-behind off
+ENV = "UE8M0_DROP_BEHIND"
 
 _WAIT_BEFORE, _WRITE, _WAIT_AFTER = 1, 2, 4  # SYNC_FILE_RANGE_* from <fcntl.h>
 
@@ -69,7 +73,11 @@ class DropBehind:
         self.lag = lag
         self._sync = sync_file_range
         self._fadvise = fadvise
-        self.enabled = sync_file_range is not None and fadvise is not None
+        self.enabled = (
+            sync_file_range is not None
+            and fadvise is not None
+            and os.environ.get(ENV, "").strip() != "0"
+        )
         self._queue: deque[tuple[int, int]] = deque()
         self._queued = 0
 
