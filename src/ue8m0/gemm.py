@@ -14,13 +14,13 @@ weight blocks); any blocks whose K extents share a common K-block work. Four mod
     Bit-exact with an NVIDIA H200's FP8 tensor cores (measured: ``bench/hopper_gemm_probe.py``;
     cuBLAS's block-scaled and tensor-wise FP8 GEMMs and Triton ``tl.dot``, every output of
     K = 4096 products equal). Per ``wgmma`` step of 32 elements of K, the accumulator and the 32
-    exact element products are each truncated to a multiple of ``2**(E - 13)``, where ``E`` is the
-    largest of the products' exponent sums ``e_a + e_b`` (``e = floor(log2 |x|)``; how subnormals
-    count cannot matter, as their products lie on a grid finer than any such ``2**(E - 13)``)
-    and the accumulator's exponent; the truncated addends are summed and
-    the sum is truncated to 13 fraction bits. Every ``promote_every`` elements (128: DeepGEMM and
-    cuBLAS's block-scaled and default paths; ``None``: never, cuBLAS's ``use_fast_accum``) the
-    accumulator, times the float32 ``scale_a * scale_b``, is added to a float32 result (round to
+    exact element products are each truncated to a multiple of ``2**(E - 13)``, ``E`` the
+    largest of the products' exponent sums ``e_a + e_b`` (``e = floor(log2 |x|)``) and the
+    accumulator's exponent; the truncated addends are summed and the sum is truncated to 13
+    fraction bits. (How subnormals count cannot matter: their products lie on a grid finer than
+    any ``2**(E - 13)`` they could set.) Every ``promote_every`` elements (128: DeepGEMM, cuBLAS's
+    block-scaled and default paths; ``None``: never, cuBLAS's ``use_fast_accum``) the
+    accumulator times the float32 ``scale_a * scale_b`` is added to a float32 result (round to
     nearest) and cleared. With power-of-two (UE8M0) scales the order of those multiplies cannot
     matter; for float32 scales it is this model's choice.
 ``limited``
