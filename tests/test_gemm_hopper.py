@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import ml_dtypes
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ue8m0.api import QuantizedTensor
-from ue8m0.errors import InputError
-from ue8m0.formats import element_format
-from ue8m0.gemm import gemm
+from ue8m0.errors import FormatNameError, InputError
+from ue8m0.formats import decode_table, element_format
+from ue8m0.gemm import _ZERO_EXPONENT, gemm
 from ue8m0.policies import ScaleRule
 
 DATA = np.load(Path(__file__).parent / "data" / "h200_fp8_gemm.npz")
@@ -60,10 +63,11 @@ def test_the_recording_covers_every_kind_of_call() -> None:
     assert len(CALLS) == 33
 
 
+@pytest.mark.parametrize("backend", ["fast", "reference"])
 @pytest.mark.parametrize("call", CALLS)
-def test_hopper_mode_equals_the_h200_bit_for_bit(call: str) -> None:
+def test_hopper_mode_equals_the_h200_bit_for_bit(call: str, backend: str) -> None:
     a, b = _operands(call)
-    got = gemm(a, b, "hopper", promote_every=_promote(call))
+    got = gemm(a, b, "hopper", promote_every=_promote(call), backend=backend)
     np.testing.assert_array_equal(got.view(np.uint32), DATA[f"{call}.c"].view(np.uint32))
 
 
@@ -135,3 +139,72 @@ def test_hopper_promotion_needs_one_scale_per_interval() -> None:
     with pytest.raises(InputError, match="divides the K-block"):
         gemm(q, q, "hopper", promote_every=256)
     assert gemm(q, q, "hopper", promote_every=64).shape == (2, 2)
+    with pytest.raises(FormatNameError, match="unknown backend"):
+        gemm(q, q, "hopper", backend="gpu")
+
+
+def _codes(rng: np.random.Generator, fmt_name: str, shape: tuple[int, int], kind: str) -> Any:
+    fmt = element_format(fmt_name)
+    values = decode_table(fmt)
+    finite = np.flatnonzero(np.isfinite(values)).astype(np.uint8)
+    if kind == "wide":
+        codes = rng.choice(finite, shape)
+    elif kind == "sparse":  # mostly zeros: all-zero steps, zero accumulators
+        codes = np.where(rng.random(shape) < 0.9, 0, rng.choice(finite, shape)).astype(np.uint8)
+    else:  # small: subnormals and the lowest normals only
+        small = finite[np.abs(values[finite]) < 4 * fmt.smallest_normal]
+        codes = rng.choice(small, shape)
+    return codes.view(fmt.dtype), fmt
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    m=st.integers(1, 9),
+    n=st.integers(1, 9),
+    k=st.integers(1, 300),
+    fmts=st.sampled_from([("e4m3", "e4m3"), ("e5m2", "e5m2"), ("e4m3", "e5m2")]),
+    kind=st.sampled_from(["wide", "sparse", "small"]),
+    layout=st.sampled_from(["blocks", "mx", "tensor"]),
+    pow2=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_the_compiled_kernel_equals_the_numpy_oracle(
+    m: int, n: int, k: int, fmts: tuple[str, str], kind: str, layout: str, pow2: bool, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    (ca, fa), (cb, fb) = (_codes(rng, f, (r, k), kind) for f, r in zip(fmts, (m, n), strict=True))
+    block_a, block_b = {
+        "blocks": ((1, 128), (128, 128)),
+        "mx": ((1, 32), (1, 32)),
+        "tensor": ((1, -1), (-1, -1)),
+    }[layout]
+    kb = {"blocks": 128, "mx": 32, "tensor": k}[layout]
+    rows_b = n if layout == "mx" else -(-n // 128)
+
+    def scales(rows: int) -> np.ndarray:
+        shape = (rows, -(-k // kb))
+        if pow2:  # UE8M0
+            return np.ldexp(1.0, rng.integers(-8, 9, shape)).astype(np.float32)
+        return rng.uniform(1e-3, 10.0, shape).astype(np.float32)  # the order of roundings shows
+
+    sa, sb = scales(m), scales(rows_b)
+    a = QuantizedTensor(ca, sa, None, fa, block_a, ScaleRule.RCEIL)
+    b = QuantizedTensor(cb, sb, None, fb, block_b, ScaleRule.RCEIL)
+    for promote in {"blocks": (32, 128), "mx": (32,), "tensor": (None, 64)}[layout]:
+        fast = gemm(a, b, "hopper", promote_every=promote, backend="fast")
+        ref = gemm(a, b, "hopper", promote_every=promote, backend="reference")
+        np.testing.assert_array_equal(fast.view(np.uint32), ref.view(np.uint32))
+
+
+def test_non_finite_inputs_go_to_the_oracle_and_propagate() -> None:
+    a, b = _one([1.0, 2.0], [1.0, 1.0])
+    a.data[0, 1] = np.nan
+    c = gemm(a, b, "hopper", promote_every=None)
+    assert np.isnan(c[0, 0])
+    np.testing.assert_array_equal(c, gemm(a, b, "hopper", promote_every=None, backend="reference"))
+
+
+def test_the_kernel_and_the_oracle_give_zeros_the_same_exponent() -> None:
+    from ue8m0.kernels import _gemm
+
+    assert _ZERO_EXPONENT == _gemm.ZERO_EXPONENT

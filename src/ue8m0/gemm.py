@@ -57,10 +57,11 @@ Speed: block-wise BLAS over K-blocks, vectorised over M×N; see ``bench/gemm_err
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
-from ue8m0.api import QuantizedTensor, dequantize
+from ue8m0.api import BACKENDS, QuantizedTensor, dequantize
 from ue8m0.blocks import resolve_block
 from ue8m0.errors import FormatNameError, InputError, InputTypeError
 from ue8m0.formats import decode_table
@@ -154,6 +155,8 @@ def gemm(
     promote_every: int | None = HOPPER_PROMOTION_INTERVAL,
     mma_k: int | None = None,
     rounding: str = "rtz",
+    backend: str = "auto",
+    threads: int | None = None,
 ) -> np.ndarray:
     """``C = A · Bᵀ`` for quantized ``A (M, K)`` and ``B (N, K)``; see the module docs.
 
@@ -167,6 +170,10 @@ def gemm(
         mma_k: ``limited``: elements of K per accumulator update (default the K-block: the
             gcd of both operands' block columns); it and the K-block must divide one another.
         rounding: ``limited``: ``rtz`` (truncate, as tensor cores do) or ``rne``.
+        backend: ``hopper``: ``auto`` / ``fast`` (the compiled kernel) or ``reference`` (the
+            numpy oracle, 10–20× slower; bit-identical). The other modes are numpy + BLAS.
+        threads: ``hopper`` with the compiled kernel: threads (default: every core, or
+            ``UE8M0_NUM_THREADS``).
     """
     a, b = _operand(a, "a"), _operand(b, "b")
     if a.shape[1] != b.shape[1]:
@@ -181,7 +188,14 @@ def gemm(
     if mode == "fp32":
         return _fp32(_Operands(a, b))
     if mode == "hopper":
-        return _hopper(_Operands(a, b, HOPPER_MMA_K), _hopper_promotion(promote_every, chunk, a))
+        ops = _Operands(a, b, HOPPER_MMA_K)
+        promote = _hopper_promotion(promote_every, chunk, a)
+        fast = _hopper_backend(backend)
+        if fast is None or not (np.isfinite(ops.av).all() and np.isfinite(ops.bv).all()):
+            return _hopper(ops, promote)  # the kernel sums in integers: finite inputs only
+        ea, eb = _exponents(ops.av), _exponents(ops.bv)
+        units = promote // HOPPER_MMA_K
+        return fast(ops.av, ops.bv, ea, eb, ops.sa, ops.sb, units, HOPPER_ALIGN_BITS, threads)
     if rounding not in ROUNDINGS:
         raise FormatNameError(f"gemm: unknown rounding {rounding!r}; known: {ROUNDINGS}")
     if mantissa_bits < 1:
@@ -225,6 +239,23 @@ def _limited(ops: _Operands, mbits: int, promote: int, step: int, rounding: str)
             c += acc
             acc[...] = 0
     return c
+
+
+def _hopper_backend(backend: str) -> Any:
+    """The compiled ``hopper`` kernel, or None for the numpy oracle."""
+    if backend not in BACKENDS:
+        raise FormatNameError(f"gemm: unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    if backend == "reference":
+        return None
+    try:
+        from ue8m0.kernels import hopper_gemm
+    except ImportError:
+        if backend == "fast":
+            raise FormatNameError(
+                "gemm: backend 'fast' is not available (numba not importable)"
+            ) from None
+        return None
+    return hopper_gemm
 
 
 def _hopper_promotion(promote_every: int | None, chunk: int, a: QuantizedTensor) -> int:

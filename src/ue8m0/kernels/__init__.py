@@ -23,6 +23,7 @@ from ue8m0.formats import ElementFormat, Specials
 from ue8m0.kernels._bits import decode_params, element_params
 from ue8m0.kernels._cache import invalidate_stale_cache
 from ue8m0.kernels._dequant import dequantize_kernel
+from ue8m0.kernels._gemm import hopper_gemm_kernel
 from ue8m0.kernels._quant import quantize_groups_kernel, quantize_kernel
 from ue8m0.kernels._threads import (
     ENV_VAR,
@@ -38,13 +39,16 @@ __all__ = [
     "compile_only",
     "dequantize",
     "fork_safe",
+    "hopper_gemm",
     "prefer_fork_safe_layer",
     "quantize",
     "resolve_threads",
     "set_compile_lock",
 ]
 
-invalidate_stale_cache([dequantize_kernel, quantize_groups_kernel, quantize_kernel])
+invalidate_stale_cache(
+    [dequantize_kernel, hopper_gemm_kernel, quantize_groups_kernel, quantize_kernel]
+)
 
 _RULE_IDS = {rule: i for i, rule in enumerate(ScaleRule)}
 _VIEWS = {
@@ -255,3 +259,31 @@ def dequantize(
     if result is not None:
         return result
     return out.view(out_dtype) if bf16 else out
+
+
+def hopper_gemm(
+    av: np.ndarray,
+    bv: np.ndarray,
+    ea: np.ndarray,
+    eb: np.ndarray,
+    sa: np.ndarray,
+    sb: np.ndarray,
+    promote_units: int,
+    align: int,
+    threads: int | None = None,
+) -> np.ndarray:
+    """``ue8m0.gemm(mode="hopper")`` on operands laid out as :mod:`ue8m0.gemm` does (finite
+    values ``(units, rows, step)`` float64, exponents int64 with zeros far below the rest,
+    scales ``(units, rows)`` float32); returns the float32 ``(M, N)`` result. Rearranged here
+    row-major by K, values as float32 (exact: FP8 values) and exponents as int32."""
+
+    def rows_first(x: np.ndarray, dtype: Any) -> np.ndarray:
+        return np.ascontiguousarray(np.moveaxis(x, 0, 1), dtype=dtype)
+
+    out = np.empty((av.shape[1], bv.shape[1]), dtype=np.float32)
+    args = [rows_first(av, np.float32), rows_first(bv, np.float32)]
+    args += [rows_first(ea, np.int32), rows_first(eb, np.int32)]
+    args += [rows_first(sa, np.float32), rows_first(sb, np.float32)]
+    with using_threads(threads):
+        _launch(hopper_gemm_kernel, *args, promote_units, align, out)
+    return out

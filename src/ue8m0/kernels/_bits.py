@@ -20,16 +20,25 @@ F32_EXP = 0x7F800000
 F32_ABS = 0x7FFFFFFF
 
 
-@intrinsic
-def _f32_bits(typingctx: Any, x: Any) -> Any:
-    """The IEEE bit pattern of a float32, as uint32."""
-    if x != types.float32:
-        return None
+def _bitcast(source: Any, target: Any, target_ir: Any, doc: str) -> Any:
+    """An intrinsic reinterpreting a ``source`` scalar's bits as a ``target`` scalar."""
 
-    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
-        return builder.bitcast(args[0], ir.IntType(32))
+    def cast(typingctx: Any, x: Any) -> Any:
+        if x != source:
+            return None
 
-    return types.uint32(types.float32), codegen
+        def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+            return builder.bitcast(args[0], target_ir)
+
+        return target(source), codegen
+
+    cast.__doc__ = doc
+    return intrinsic(cast)
+
+
+_f32_bits = _bitcast(
+    types.float32, types.uint32, ir.IntType(32), "The IEEE bit pattern of a float32, as uint32."
+)
 
 
 @intrinsic
@@ -53,6 +62,12 @@ def _bits_f32(typingctx: Any, u: Any) -> Any:
 #: typed as Any for mypy: numba intrinsics are called with the value argument only
 f32_bits: Any = _f32_bits
 bits_f32: Any = _bits_f32
+f64_bits: Any = _bitcast(
+    types.float64, types.int64, ir.IntType(64), "The IEEE bit pattern of a float64, as int64."
+)
+bits_f64: Any = _bitcast(
+    types.int64, types.float64, ir.DoubleType(), "The float64 whose bit pattern is an int64."
+)
 
 
 @intrinsic
