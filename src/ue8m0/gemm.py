@@ -18,10 +18,10 @@ weight blocks); any blocks whose K extents share a common K-block work. Four mod
     largest of the products' exponent sums ``e_a + e_b`` (``e = floor(log2 |x|)``) and the
     accumulator's exponent; the truncated addends are summed and the sum is truncated to 13
     fraction bits. (How subnormals count cannot matter: their products lie on a grid finer than
-    any ``2**(E - 13)`` they could set.) Every ``promote_every`` elements (128: DeepGEMM, cuBLAS's
-    block-scaled and default paths; ``None``: never, cuBLAS's ``use_fast_accum``) the
-    accumulator times the float32 ``scale_a * scale_b`` is added to a float32 result (round to
-    nearest) and cleared. With power-of-two (UE8M0) scales the order of those multiplies cannot
+    any ``2**(E - 13)`` they could set.) Every ``promote_every`` elements (128: cuBLAS's
+    block-scaled and default paths, and DeepGEMM's design, not measured here; ``None``: never,
+    cuBLAS's ``use_fast_accum``) the accumulator times the float32 ``scale_a * scale_b`` is
+    added to a float32 result (round to nearest) and cleared. With power-of-two (UE8M0) scales the order of those multiplies cannot
     matter; for float32 scales it is this model's choice.
 ``limited``
     A model of a tensor-core accumulator. Every ``mma_k`` elements of K the exact, scaled sum of
