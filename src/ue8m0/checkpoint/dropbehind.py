@@ -97,9 +97,14 @@ class DropBehind:
             self.enabled = False  # e.g. EINVAL/ESPIPE: the file is simply written as before
 
     def finish(self) -> None:
-        """Wait for and drop every piece still held (the file is complete)."""
+        """Wait for and drop every piece still held (the file is complete), then the whole
+        file: a page two pieces share is kept while either piece is only partly dropped."""
         try:
             while self.enabled and self._queue:
+                self._drop_oldest()
+            if self.enabled:
+                self._queued = 0
+                self._queue.append((0, 0))  # offset 0, length 0: to the end of the file
                 self._drop_oldest()
         except OSError:
             self.enabled = False
