@@ -103,15 +103,16 @@ class DropBehind:
             while self.enabled and self._queue:
                 self._drop_oldest()
             if self.enabled:
-                self._queued = 0
-                self._queue.append((0, 0))  # offset 0, length 0: to the end of the file
-                self._drop_oldest()
+                self._drop(0, 0)  # offset 0, length 0: the whole file
         except OSError:
             self.enabled = False
 
     def _drop_oldest(self) -> None:
-        assert self._sync is not None and self._fadvise is not None
         offset, nbytes = self._queue.popleft()
         self._queued -= nbytes
+        self._drop(offset, nbytes)
+
+    def _drop(self, offset: int, nbytes: int) -> None:
+        assert self._sync is not None and self._fadvise is not None
         self._sync(self.fd, offset, nbytes, _WAIT_BEFORE | _WRITE | _WAIT_AFTER)
         self._fadvise(self.fd, offset, nbytes, os.POSIX_FADV_DONTNEED)
