@@ -127,13 +127,14 @@ def write_ceiling(
         os.sync()
         time.sleep(idle)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        drop = DropBehind(fd)
+        drop = DropBehind(fd) if drop_behind else None
         t0 = time.perf_counter()
         for offset in range(0, nbytes, len(data)):
             n = os.pwrite(fd, data[: min(len(data), nbytes - offset)], offset)
-            if drop_behind:
+            if drop is not None:
                 drop.written(offset, n)
-        drop.finish()
+        if drop is not None:
+            drop.finish()
         best = min(best, time.perf_counter() - t0)
         os.close(fd)
         path.unlink()
