@@ -173,6 +173,15 @@ def quantize(
     with using_threads(threads) as n:
         run = min(br, x.shape[-2]) * bc * x.dtype.itemsize
         chunk = _chunk(x3.shape[0] * grid[-2], grid[-1], run, bc, n)
+        # the scale rule and element format, the same trailing arguments for both kernels
+        rule_args = (
+            _RULE_IDS[rule],
+            np.float32(eps),
+            np.float32(fmt.max),
+            fmt.emax,
+            fmt.mbits,
+            _params(fmt),
+        )
         if groups:  # one-row blocks tiling each row: a flat (rows, groups, bc) view
             ng = x3.shape[-1] // bc
             bad = _launch(
@@ -182,12 +191,7 @@ def quantize(
                 scale.reshape(-1, ng),
                 sbytes.reshape(-1, ng),
                 chunk,
-                _RULE_IDS[rule],
-                np.float32(eps),
-                np.float32(fmt.max),
-                fmt.emax,
-                fmt.mbits,
-                _params(fmt),
+                *rule_args,
             )
         else:
             bad = _launch(
@@ -199,12 +203,7 @@ def quantize(
                 br,
                 bc,
                 chunk,
-                _RULE_IDS[rule],
-                np.float32(eps),
-                np.float32(fmt.max),
-                fmt.emax,
-                fmt.mbits,
-                _params(fmt),
+                *rule_args,
             )
     if bad and policy is NonFinite.RAISE:
         _raise_nonfinite(x, scale, (br, bc), grid)
