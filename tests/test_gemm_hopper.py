@@ -139,8 +139,9 @@ def test_hopper_promotion_needs_one_scale_per_interval() -> None:
     with pytest.raises(InputError, match="divides the K-block"):
         gemm(q, q, "hopper", promote_every=256)
     assert gemm(q, q, "hopper", promote_every=64).shape == (2, 2)
-    with pytest.raises(FormatNameError, match="unknown backend"):
-        gemm(q, q, "hopper", backend="gpu")
+    for mode in ("hopper", "fp32", "exact"):  # a bad backend is an error whatever the mode
+        with pytest.raises(FormatNameError, match="unknown backend"):
+            gemm(q, q, mode, backend="gpu")
 
 
 def _codes(rng: np.random.Generator, fmt_name: str, shape: tuple[int, int], kind: str) -> Any:

@@ -180,6 +180,8 @@ def gemm(
         raise InputError(f"gemm: K differs: a is {a.shape}, b is {b.shape} (C = A · Bᵀ)")
     if mode not in MODES:
         raise FormatNameError(f"gemm: unknown mode {mode!r}; known: {', '.join(MODES)}")
+    if backend not in BACKENDS:  # checked for every mode, though only hopper has two
+        raise FormatNameError(f"gemm: unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
     if mode == "exact":
         da = dequantize(a).astype(np.float64)
         db = dequantize(b).astype(np.float64)
@@ -243,8 +245,6 @@ def _limited(ops: _Operands, mbits: int, promote: int, step: int, rounding: str)
 
 def _hopper_backend(backend: str) -> Any:
     """The compiled ``hopper`` kernel, or None for the numpy oracle."""
-    if backend not in BACKENDS:
-        raise FormatNameError(f"gemm: unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
     if backend == "reference":
         return None
     try:
