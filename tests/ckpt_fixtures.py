@@ -107,8 +107,8 @@ def ct_fp8_block_checkpoint(root: Path, seed: int = 0) -> Path:
     llm-compressor's ``model_free_ptq`` does per weight, minus its observer): per-128x128-block
     amax/448 scales from ``calculate_qparams`` (BF16, the weight dtype), weights compressed by
     the ``float-quantized`` compressor, config from ``ModelCompressor.update_config``."""
-    torch = pytest.importorskip("torch")
-    ct = pytest.importorskip("compressed_tensors")
+    import compressed_tensors as ct
+    import torch
     from compressed_tensors.compressors import ModelCompressor, compress_module
     from compressed_tensors.quantization import (
         QuantizationConfig,

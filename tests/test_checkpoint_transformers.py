@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import accelerate  # noqa: F401  (transformers loads FP8 checkpoints only with it)
 import numpy as np
 import pytest
+import torch
+import transformers
 
 from ckpt_fixtures import run_cli
 from ue8m0.checkpoint.safetensors import SafetensorsFile
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-pytest.importorskip("accelerate", reason="transformers needs accelerate to load FP8 checkpoints")
 
 
 @pytest.fixture(scope="module")

@@ -110,7 +110,8 @@ def test_sharded_directory_with_fp8_tensors(tmp_path: Path) -> None:
 
 
 def test_html_and_png_files(checkpoint: Path, tmp_path: Path) -> None:
-    image = pytest.importorskip("matplotlib.image")
+    from matplotlib import image
+
     out = tmp_path / "rep"
     _run("report", str(checkpoint), "--recipe", "rceil", "--recipe", "fp32", "--out", str(out))
     page = (out / "index.html").read_text(encoding="utf-8")

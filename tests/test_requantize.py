@@ -21,9 +21,10 @@ from ckpt_fixtures import (
     visible_files,
     write_checkpoint,
 )
-from ue8m0.checkpoint.fp8convert import _requantize_slab
+from ue8m0.checkpoint.steps.fp8 import _requantize_slab
 from ue8m0.checkpoint.requant_report import build_report
-from ue8m0.checkpoint.requantize import Fp8Options, plan_fp8
+from ue8m0.checkpoint.options import Fp8Options
+from ue8m0.checkpoint.plan_fp8 import plan_fp8
 from ue8m0.checkpoint.source import open_checkpoint
 
 E4M3 = ml_dtypes.float8_e4m3fn
@@ -195,7 +196,6 @@ def test_compressed_tensors_output(
     assert qc["quant_method"] == "compressed-tensors" and qc["format"] == "float-quantized"
     weights = qc["config_groups"]["group_0"]["weights"]
     assert weights["strategy"] == "block" and weights["block_structure"] == [128, 128]
-    pytest.importorskip("compressed_tensors")
     from compressed_tensors.quantization import QuantizationConfig
 
     parsed = QuantizationConfig.model_validate(qc)
