@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from ue8m0.cli.main import cli, main
-from ue8m0.plan.models import load_model
+from ue8m0.plan.presets import load_model
 
 
 def run(*args: str) -> str:
@@ -79,7 +79,7 @@ def test_calibrate_and_list_chips() -> None:
     points = json.loads(run("--calibrate", "--json"))["points"]
     assert {p["id"] for p in points} >= {"cm384-prefill", "cm384-decode-50ms"}
     chips = json.loads(run("--list-chips", "--json"))
-    assert len(chips["chips"]) == 31
+    assert len(chips["chips"]) == 32
     h20 = next(c for c in chips["chips"] if c["key"] == "h20")
     assert h20["bf16_tflops"] == {"value": 148, "src": "AC; H20P; LLMR; AIC-H20", "conf": "high"}
     assert "ascend950pr" in run("--list-chips")
@@ -99,7 +99,7 @@ def test_plots_are_written(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--model", "deepseek-v3.1", "--chip", "a100"], "unknown chip 'a100'"),
+        (["--model", "deepseek-v3.1", "--chip", "v100"], "unknown chip 'v100'"),
         (["--model", "gpt-9"], "unknown model 'gpt-9'"),
         (["--model", "llama-3.1-8b", "--format", "fp6"], "unknown format 'fp6'"),
         (["--model", "llama-3.1-8b", "--batch", "x"], "--batch must be integers"),

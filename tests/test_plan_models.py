@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from ue8m0.plan.errors import PlanError
-from ue8m0.plan.models import PRESETS, Attention, ModelSpec, Role, load_model
+from ue8m0.plan.models import Attention, ModelSpec, Role
+from ue8m0.plan.presets import PRESETS, load_model
 
 # published totals (billions): model cards / tech reports
 PUBLISHED_TOTAL = {
@@ -116,7 +117,8 @@ def test_moe_config_with_shared_expert_width() -> None:
     }
     m = ModelSpec.from_config(config)
     assert m.expert_params == 2 * 8 * 3 * 64 * 32
-    assert m.params(Role.FFN) == 2 * 3 * 64 * 96  # the shared expert, no dense MLP
+    assert m.params(Role.SHARED) == 2 * 3 * 64 * 96  # the shared expert, no dense MLP
+    assert m.params(Role.FFN) == 0
     assert m.active_params == m.total_params - m.expert_params * 6 // 8
 
 

@@ -13,8 +13,8 @@ from ue8m0.plan.chips import Chip, load_db
 from ue8m0.plan.errors import PlanError
 from ue8m0.plan.estimate import UPPER_BOUND, model_summary
 from ue8m0.plan.estimate import plan as make_plan
-from ue8m0.plan.models import ALIASES, PRESETS, load_model
 from ue8m0.plan.precision import FORMATS, parse_formats
+from ue8m0.plan.presets import load_model, preset_names
 from ue8m0.plan.table import render_calibration, render_chips, render_plan
 
 DEFAULT_CHIPS = ("h20", "h100", "h200", "b200", "mi355x", "ascend910c")
@@ -26,13 +26,17 @@ Examples:
   ue8m0 plan --model deepseek-v3.1 --chip h20,h100,h200,ascend910c,mi355x,b200 \\
       --num-chips 8 --batch 1,64 --context 8192 --plot plots/
   ue8m0 plan --model path/to/config.json --chip all --format fp8 --json
+  ue8m0 plan --model deepseek-v4-flash --chip h20,h100,b200,ascend910c,mi355x \\
+      --format fp4-experts,fp8 --batch 1,64
   ue8m0 plan --model qwen3-235b-a22b --chip 910b --chips my_chips.toml --kv-format fp8
   ue8m0 plan --calibrate            # estimates beside measured data points
   ue8m0 plan --list-chips           # the database (--json adds sources and confidence)
 \b
-Formats: bf16; fp8 (E4M3, UE8M0 scale per 128x128, DeepSeek-V3.1); mxfp8 (per 1x32);
-mxfp4 (E2M1, per 1x32); int8 (W8A8). Chips without FP8 (FP4) math run FP8 (FP4) plans
-weight-only: half (a quarter) the bytes, no compute speed-up. Every figure is an upper bound.
+Formats: bf16; fp8 (E4M3, UE8M0 scale per 128x128, DeepSeek-V3.1; DeepSeek-V4 with its
+experts repacked to FP8); mxfp8 (per 1x32); mxfp4 (E2M1, per 1x32); int8 (W8A8);
+fp4-experts (the DeepSeek-V4 release: fp8 dense, routed experts E2M1 with a UE8M0 scale per
+1x32, 4.25 bits). Chips without FP8 (FP4) math run FP8 (FP4) weights weight-only: fewer
+bytes, no compute speed-up. Every figure is an upper bound.
 """
 
 
@@ -76,7 +80,7 @@ def _echo_json(data: Any) -> None:
     "--model",
     "model_name",
     metavar="NAME|CONFIG.json",
-    help=f"Preset ({', '.join(PRESETS)}) or a Hugging Face config.json.",
+    help=f"Preset ({', '.join(preset_names())}) or a Hugging Face config.json.",
 )
 @click.option(
     "--chip",
@@ -173,7 +177,7 @@ def plan(
             click.echo(render_calibration(points))
         return
     if model_name is None:
-        names = ", ".join([*PRESETS, *ALIASES])
+        names = ", ".join(preset_names())
         raise click.UsageError(f"--model is required (a preset: {names}; or a config.json)")
     model = load_model(model_name)
     chips = db.select(chip_names or DEFAULT_CHIPS)

@@ -13,8 +13,8 @@ from typing import Any
 
 from ue8m0.plan.chips import ChipDB, tomllib
 from ue8m0.plan.estimate import Workload, estimate
-from ue8m0.plan.models import load_model
 from ue8m0.plan.precision import compute_path, get_format
+from ue8m0.plan.presets import load_model
 
 PHASE_UNITS = {"prefill": "tok/s/chip", "decode": "tok/s/chip", "gemm": "TFLOPS"}
 

@@ -18,7 +18,7 @@ from typing import Any
 from ue8m0.plan.chips import Chip
 from ue8m0.plan.errors import PlanError
 from ue8m0.plan.models import ModelSpec, Role
-from ue8m0.plan.precision import Compute, ComputePath, WeightFormat, compute_path
+from ue8m0.plan.precision import STORED, Compute, ComputePath, WeightFormat, compute_path
 
 UPPER_BOUND = (
     "Upper bounds: peak dense FLOPs and peak memory bandwidth, weights and KV cache perfectly "
@@ -27,8 +27,21 @@ UPPER_BOUND = (
     "(see `ue8m0 plan --calibrate`)."
 )
 
-#: roles whose weights a decode step reads in full (routed experts are counted separately)
-_DENSE_ROLES = (Role.ATTENTION, Role.FFN, Role.HEAD, Role.ROUTER, Role.NORM)
+#: roles whose weights a decode step reads in full (routed experts are counted separately;
+#: embedding, lookup tables and a vision tower are held in memory, a few rows read per token)
+_DENSE_ROLES = (Role.ATTENTION, Role.FFN, Role.SHARED, Role.HEAD, Role.ROUTER, Role.NORM)
+
+#: the tensor classes weight bytes are reported by (``bytes_by_class``)
+CLASSES: dict[str, tuple[Role, ...]] = {
+    "attention": (Role.ATTENTION,),
+    "dense_ffn": (Role.FFN,),
+    "shared_experts": (Role.SHARED,),
+    "routed_experts": (Role.EXPERT,),
+    "embeddings_head": (Role.EMBEDDING, Role.HEAD),
+    "lookup_tables": (Role.LOOKUP,),
+    "vision": (Role.VISION,),
+    "other": (Role.ROUTER, Role.NORM),
+}
 
 
 @dataclass(frozen=True)
@@ -134,6 +147,7 @@ class Estimate:
     chip: Chip
     fmt: WeightFormat
     path: ComputePath
+    expert_path: ComputePath
     workload: Workload
     num_chips: int | None
     weight_bytes: int
@@ -150,6 +164,13 @@ class Estimate:
         if self.min_chips is None or self.num_chips is None:
             return None
         return self.num_chips >= self.min_chips
+
+    @property
+    def memory_per_chip(self) -> float | None:
+        """Bytes of weights and KV cache per chip (perfect partition over ``num_chips``)."""
+        if self.num_chips is None:
+            return None
+        return (self.weight_bytes + self.kv_bytes) / self.num_chips
 
     @property
     def prefill_s(self) -> float | None:
@@ -187,6 +208,7 @@ class Estimate:
             "chip_name": self.chip.name,
             "format": self.fmt.name,
             "compute": self.path.label,
+            "expert_compute": self.expert_path.label,
             "peak_tflops": self.path.peak_tflops,
             "capability_class": self.chip.capability_class,
             "batch": self.workload.batch,
@@ -196,6 +218,7 @@ class Estimate:
             "fits": self.fits,
             "weight_bytes": self.weight_bytes,
             "kv_bytes": self.kv_bytes,
+            "memory_per_chip": self.memory_per_chip,
             "usable_bytes_per_chip": self.usable_bytes_per_chip,
             "prefill_s": self.prefill_s,
             "prefill_tok_s_per_chip": self.prefill_tok_s_per_chip,
@@ -215,22 +238,32 @@ class Estimate:
 
 
 def weight_bytes(model: ModelSpec, fmt: WeightFormat, *roles: Role) -> int:
-    """Bytes of the main model's weights in ``fmt`` (quantizable roles; the rest in BF16)."""
+    """Bytes of the main model's weights in ``fmt``: quantizable roles in ``fmt`` (routed experts
+    in ``fmt.experts`` where set), the rest in BF16, a tensor with ``stored`` in that format."""
     total = 0
     for w in model.weights:
         if roles and w.role not in roles:
             continue
-        total += (
-            fmt.weight_bytes(w.rows, w.cols) if w.role.quantizable else 2 * w.rows * w.cols
-        ) * w.count
+        if w.stored:
+            f = STORED[w.stored]
+        elif w.role.quantizable:
+            f = fmt.for_experts(w.role is Role.EXPERT)
+        else:
+            f = STORED["bf16"]
+        total += f.weight_bytes(w.rows, w.cols) * w.count
     return total
+
+
+def bytes_by_class(model: ModelSpec, fmt: WeightFormat) -> dict[str, int]:
+    """Weight bytes in ``fmt`` per tensor class (:data:`CLASSES`); they add up to the total."""
+    return {name: weight_bytes(model, fmt, *roles) for name, roles in CLASSES.items()}
 
 
 def _phase(
     model: ModelSpec,
     chip: Chip,
     fmt: WeightFormat,
-    path: ComputePath,
+    paths: tuple[ComputePath, ComputePath],
     n: int,
     tokens: int,
     attn_flops: float,
@@ -239,11 +272,13 @@ def _phase(
 ) -> Phase:
     """One phase with ``tokens`` tokens through the weights on ``n`` chips."""
     bw = n * (chip.number("mem_bw_tbs") or math.nan) * 1e12
-    gemm_peak = None if path.peak_tflops is None else n * path.peak_tflops * 1e12
+    gemm_peak, expert_peak = (
+        None if p.peak_tflops is None else n * p.peak_tflops * 1e12 for p in paths
+    )
     attn_compute = Compute.FP8 if kv_format == "fp8" and chip.fp8.native else Compute.BF16
     attn_tflops = chip.number(attn_compute.value)
     attn_peak = None if attn_tflops is None else n * attn_tflops * 1e12
-    dense_params = model.params(Role.ATTENTION, Role.FFN, Role.HEAD, Role.ROUTER)
+    dense_params = model.params(Role.ATTENTION, Role.FFN, Role.SHARED, Role.HEAD, Role.ROUTER)
     ops = [
         OpCost(
             "dense",
@@ -260,7 +295,7 @@ def _phase(
                 "experts",
                 2.0 * tokens * model.expert_params * model.experts_per_token / model.experts,
                 touched * weight_bytes(model, fmt, Role.EXPERT),
-                gemm_peak,
+                expert_peak,
                 bw,
             )
         )
@@ -276,11 +311,11 @@ def _phase(
 def estimate(model: ModelSpec, chip: Chip, fmt: WeightFormat, workload: Workload) -> Estimate:
     """The roofline estimate of ``model`` on ``chip`` in ``fmt`` for ``workload``."""
     path = compute_path(chip, fmt)
-    notes = list(path.flags)
+    expert_path = compute_path(chip, fmt.experts) if fmt.experts and model.is_moe else path
+    notes = list(dict.fromkeys([*model.notes, *path.flags, *expert_path.flags]))
     wl = workload
     wbytes = weight_bytes(model, fmt)
-    kv_per_token = model.kv_bytes_per_token(wl.kv_format)
-    kv_total = float(wl.batch * wl.context * kv_per_token)
+    kv_total = wl.batch * model.kv_bytes(wl.context, wl.kv_format)
     mem = chip.number("mem_gb")
     usable = None if mem is None else mem * 1e9 * (1 - wl.reserve)
     min_chips = None if usable is None else max(1, math.ceil((wbytes + kv_total) / usable))
@@ -302,7 +337,7 @@ def estimate(model: ModelSpec, chip: Chip, fmt: WeightFormat, workload: Workload
     if n_eff is not None:
         if n_eff > 1 and chip.number("scaleup_gbs") is None:
             notes.append("scale-up bandwidth not published: communication not modelled")
-        if path.peak_tflops is None:
+        if path.peak_tflops is None or expert_path.peak_tflops is None:
             notes.append(
                 f"{path.compute.name} peak not published: no prefill estimate; decode "
                 "bounded by bandwidth only"
@@ -313,22 +348,22 @@ def estimate(model: ModelSpec, chip: Chip, fmt: WeightFormat, workload: Workload
                 model,
                 chip,
                 fmt,
-                path,
+                (path, expert_path),
                 n_eff,
                 t,
-                model.attention_flops(1, absorbed=False) * t * (t + 1) / 2,
-                float(t * kv_per_token),
+                model.prefill_attention_flops(t),
+                model.kv_bytes(t, wl.kv_format),
                 wl.kv_format,
             )
         decode = _phase(
             model,
             chip,
             fmt,
-            path,
+            (path, expert_path),
             n_eff,
             wl.batch,
-            wl.batch * model.attention_flops(wl.context, absorbed=True),
-            kv_total,
+            wl.batch * model.decode_attention_flops(wl.context),
+            wl.batch * model.kv_read_bytes(wl.context, wl.kv_format),
             wl.kv_format,
         )
         if prefill is not None and any(op.peak is None for op in prefill.ops):
@@ -344,6 +379,7 @@ def estimate(model: ModelSpec, chip: Chip, fmt: WeightFormat, workload: Workload
         chip,
         fmt,
         path,
+        expert_path,
         wl,
         n,
         wbytes,
@@ -391,4 +427,6 @@ def model_summary(model: ModelSpec) -> dict[str, Any]:
         "experts_per_token": model.experts_per_token,
         "kv_bytes_per_token": {k: model.kv_bytes_per_token(k) for k in ("bf16", "fp8")},
         "weight_bytes": {name: weight_bytes(model, f) for name, f in FORMATS.items()},
+        "weight_bytes_by_class": {name: bytes_by_class(model, f) for name, f in FORMATS.items()},
+        "notes": list(model.notes),
     }

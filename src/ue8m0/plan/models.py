@@ -1,28 +1,33 @@
 """Model specs from Hugging Face ``config.json``: weight shapes, parameter counts, KV-cache bytes.
 
-A :class:`ModelSpec` is built from a config dict (dense Llama/Qwen, MoE with or without shared
-experts, DeepSeek MLA with its compressed KV latent, MTP layers). Every count is derived from the
-list of weight tensors, never typed in. Presets are the configs shipped under ``plan/data/models``.
+A :class:`ModelSpec` is built from a config dict (dense Llama/Qwen, GPT-2, MoE with or without
+shared experts, DeepSeek MLA with its compressed KV latent, MTP layers; DeepSeek-V4 in
+:mod:`ue8m0.plan.deepseek_v4`). Every count is derived from the list of weight tensors, never
+typed in. Presets are the configs shipped under ``plan/data/models`` (:mod:`ue8m0.plan.presets`).
 
 Parameter roles decide what a format quantizes and what a decode step reads:
 
-- ``ATTENTION``, ``FFN`` (dense MLP and shared experts), ``EXPERT`` (routed experts) are the
-  linear weights of the decoder layers: quantized by FP8/MXFP4/INT8 plans.
-- ``EMBEDDING``, ``HEAD``, ``ROUTER``, ``NORM`` (norms and biases) stay in BF16, as in the
-  DeepSeek FP8 checkpoints. A decode step reads one embedding row per token, all of the rest.
+- ``ATTENTION``, ``FFN`` (dense MLP), ``SHARED`` (shared experts), ``EXPERT`` (routed experts)
+  are the linear weights of the decoder layers: quantized by FP8/MXFP4/INT8 plans.
+- ``EMBEDDING``, ``HEAD``, ``ROUTER``, ``NORM`` (norms, biases, small mixers) stay in BF16, as in
+  the DeepSeek FP8 checkpoints. ``LOOKUP`` (hash-routing and Engram tables) and ``VISION`` (a
+  vision tower) are held in memory; a text decode step reads one embedding row per token and
+  none of the lookup or vision weights, all of the rest.
+
+A tensor the release stores in a fixed format whatever the plan (DeepSeek-V4's FP32 norms and
+mixers, BF16 compressors) names it in :attr:`Weight.stored` (a key of
+:data:`ue8m0.plan.precision.STORED`).
 """
 
 from __future__ import annotations
 
 import enum
-import json
 import math
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from ue8m0.plan.errors import PlanError
+from ue8m0.plan.hybrid import HybridAttention
 
 
 class Role(enum.Enum):
@@ -32,25 +37,30 @@ class Role(enum.Enum):
     HEAD = "head"
     ATTENTION = "attention"
     FFN = "ffn"
+    SHARED = "shared_expert"
     EXPERT = "expert"
     ROUTER = "router"
     NORM = "norm"
+    LOOKUP = "lookup"
+    VISION = "vision"
 
     @property
     def quantizable(self) -> bool:
         """Linear weights of the decoder layers: the ones a low-precision plan stores in FP8/FP4."""
-        return self in (Role.ATTENTION, Role.FFN, Role.EXPERT)
+        return self in (Role.ATTENTION, Role.FFN, Role.SHARED, Role.EXPERT)
 
 
 @dataclass(frozen=True)
 class Weight:
-    """``count`` tensors of shape ``(rows, cols)`` (a vector is ``(1, n)``) with one role."""
+    """``count`` tensors of shape ``(rows, cols)`` (a vector is ``(1, n)``) with one role;
+    ``stored`` names the format the release keeps it in whatever the plan ("" = the plan's)."""
 
     name: str
     rows: int
     cols: int
     count: int
     role: Role
+    stored: str = ""
 
     @property
     def params(self) -> int:
@@ -64,10 +74,13 @@ class Attention(enum.Enum):
     - ``GQA`` (incl. MHA/MQA): ``2 · n_kv_heads · head_dim`` elements (K and V).
     - ``MLA`` (DeepSeek): ``kv_lora_rank + qk_rope_head_dim`` elements (the compressed latent and
       the shared RoPE key), shared by all heads.
+    - ``HYBRID`` (DeepSeek-V4): a sliding window plus compressed entries, see
+      :mod:`ue8m0.plan.hybrid`.
     """
 
     GQA = "gqa"
     MLA = "mla"
+    HYBRID = "hybrid"
 
 
 def _get(config: dict[str, Any], key: str, default: Any = None) -> Any:
@@ -98,6 +111,8 @@ class ModelSpec:
     max_context: int
     weights: tuple[Weight, ...]
     mtp_weights: tuple[Weight, ...] = ()
+    hybrid: HybridAttention | None = None
+    notes: tuple[str, ...] = ()
 
     # ----------------------------------------------------------------- parameters
     def params(self, *roles: Role) -> int:
@@ -106,8 +121,14 @@ class ModelSpec:
 
     @property
     def total_params(self) -> int:
-        """All parameters of the main model (MTP layers excluded, as published totals do)."""
-        return self.params()
+        """Parameters of the main model as published totals count them: MTP layers, lookup
+        tables (hash routing, Engram) and a vision tower excluded (:attr:`aux_params`)."""
+        return self.params() - self.aux_params
+
+    @property
+    def aux_params(self) -> int:
+        """Parameters of lookup tables and a vision tower (held in memory, not in totals)."""
+        return self.params(Role.LOOKUP, Role.VISION)
 
     @property
     def expert_params(self) -> int:
@@ -160,6 +181,8 @@ class ModelSpec:
         FlashMLA/vLLM per layer: the latent in FP8 with one FP32 scale per 128 elements and the
         RoPE key in BF16 (``512 + 4·4 + 64·2 = 656`` bytes for DeepSeek-V3).
         """
+        if self.hybrid is not None:
+            return round(self._hybrid(kv_format).bytes_per_token(kv_format))
         if kv_format == "bf16":
             return 2 * self.kv_elements_per_token
         if kv_format == "fp8":
@@ -168,6 +191,36 @@ class ModelSpec:
                 return self.layers * (per_layer + 2 * self.rope_dim)
             return self.kv_elements_per_token
         raise PlanError(f"unknown KV-cache format {kv_format!r} (use bf16 or fp8)")
+
+    def _hybrid(self, kv_format: str) -> HybridAttention:
+        if kv_format not in ("bf16", "fp8"):
+            raise PlanError(f"unknown KV-cache format {kv_format!r} (use bf16 or fp8)")
+        assert self.hybrid is not None
+        return self.hybrid
+
+    def kv_bytes(self, context: int, kv_format: str = "bf16") -> float:
+        """KV-cache bytes one sequence of ``context`` tokens holds."""
+        if self.hybrid is not None:
+            return self._hybrid(kv_format).stored_bytes(context, kv_format)
+        return float(context * self.kv_bytes_per_token(kv_format))
+
+    def kv_read_bytes(self, context: int, kv_format: str = "bf16") -> float:
+        """KV-cache bytes one decode step reads for one sequence (all of it but for V4's top-k)."""
+        if self.hybrid is not None:
+            return self._hybrid(kv_format).read_bytes(context, kv_format)
+        return self.kv_bytes(context, kv_format)
+
+    def decode_attention_flops(self, context: int) -> float:
+        """Attention FLOPs of one decode token against ``context`` keys."""
+        if self.hybrid is not None:
+            return self.hybrid.decode_flops(context)
+        return self.attention_flops(context, absorbed=True)
+
+    def prefill_attention_flops(self, tokens: int) -> float:
+        """Attention FLOPs of a causal prompt of ``tokens`` tokens."""
+        if self.hybrid is not None:
+            return self.hybrid.prefill_flops(tokens)
+        return self.attention_flops(1, absorbed=False) * tokens * (tokens + 1) / 2
 
     # ----------------------------------------------------------------- attention FLOPs
     def attention_flops(self, context: float, absorbed: bool) -> float:
@@ -189,7 +242,9 @@ class ModelSpec:
     # ----------------------------------------------------------------- construction
     @classmethod
     def from_config(cls, config: dict[str, Any], name: str | None = None) -> ModelSpec:
-        """Build a spec from a Hugging Face ``config.json`` dict."""
+        """Build a spec from a Hugging Face ``config.json`` dict (GPT-2 keys included)."""
+        if "n_embd" in config and "hidden_size" not in config:
+            return _gpt2(config, name)
         h = int(_get(config, "hidden_size"))
         layers = int(_get(config, "num_hidden_layers"))
         vocab = int(_get(config, "vocab_size"))
@@ -224,7 +279,7 @@ class ModelSpec:
                 if config.get("topk_method") == "noaux_tc":
                     out.append(Weight("router_bias", 1, n_experts, moe_count, Role.ROUTER))
                 if n_shared:
-                    out += _mlp("shared_experts", h, n_shared, moe_count, Role.FFN)
+                    out += _mlp("shared_experts", h, n_shared, moe_count, Role.SHARED)
                 shared_gate = config.get("shared_expert_intermediate_size")
                 if shared_gate and model_type.startswith("qwen2_moe"):
                     out.append(Weight("shared_expert_gate", 1, h, moe_count, Role.ROUTER))
@@ -344,49 +399,45 @@ def _moe(config: dict[str, Any], layers: int) -> tuple[int, int, int, int, int, 
     return ffn, expert_ffn, n_experts, top_k, shared, ids
 
 
-# --------------------------------------------------------------------- presets
-PRESETS: dict[str, str] = {
-    "deepseek-v3.1": "deepseek-v3.1.json",
-    "llama-3.1-8b": "llama-3.1-8b.json",
-    "llama-3.1-70b": "llama-3.1-70b.json",
-    "llama-3.1-405b": "llama-3.1-405b.json",
-    "qwen3-235b-a22b": "qwen3-235b-a22b.json",
-    "qwen2.5-7b": "qwen2.5-7b.json",
-}
-#: other names of the presets (same architecture: same plan)
-ALIASES: dict[str, str] = {
-    "deepseek-v3": "deepseek-v3.1",
-    "deepseek-r1": "deepseek-v3.1",
-    "deepseek-v3.1-base": "deepseek-v3.1",
-}
-_DISPLAY = {
-    "deepseek-v3.1": "DeepSeek-V3.1",
-    "llama-3.1-8b": "Llama-3.1-8B",
-    "llama-3.1-70b": "Llama-3.1-70B",
-    "llama-3.1-405b": "Llama-3.1-405B",
-    "qwen3-235b-a22b": "Qwen3-235B-A22B",
-    "qwen2.5-7b": "Qwen2.5-7B",
-}
-
-
-def load_model(name_or_path: str | Path) -> ModelSpec:
-    """A preset by case-insensitive name (``deepseek-v3.1``), or a ``config.json`` path."""
-    text = str(name_or_path)
-    key = ALIASES.get(text.lower(), text.lower())
-    if key in PRESETS:
-        data = resources.files("ue8m0.plan") / "data" / "models" / PRESETS[key]
-        return ModelSpec.from_config(json.loads(data.read_text("utf-8")), _DISPLAY[key])
-    path = Path(text)
-    if path.is_dir():
-        path = path / "config.json"
-    if not path.exists():
-        known = ", ".join(sorted([*PRESETS, *ALIASES]))
-        raise PlanError(f"unknown model {text!r}: not a preset ({known}) nor a config.json path")
-    try:
-        config = json.loads(path.read_text("utf-8"))
-    except json.JSONDecodeError as exc:
-        raise PlanError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise PlanError(f"{path}: a config.json must hold a JSON object")
-    config = config.get("text_config", config) if "hidden_size" not in config else config
-    return ModelSpec.from_config(config, str(config.get("_name_or_path") or path.parent.name))
+def _gpt2(config: dict[str, Any], name: str | None) -> ModelSpec:
+    """GPT-2 (``n_embd``, ``n_layer``, ``n_head``, ``n_positions``, ``n_inner``): learned position
+    embeddings, fused ``c_attn (3h, h)``, a GELU MLP ``c_fc (inner, h)``, ``c_proj (h, inner)``
+    (``inner`` defaults to ``4h``), biases on every linear, LayerNorms with bias, head tied to the
+    token embedding unless ``tie_word_embeddings`` is false."""
+    h = int(_get(config, "n_embd"))
+    layers = int(_get(config, "n_layer"))
+    heads = int(_get(config, "n_head"))
+    vocab = int(_get(config, "vocab_size"))
+    positions = int(_get(config, "n_positions"))
+    inner = int(config.get("n_inner") or 4 * h)
+    weights = [
+        Weight("wte", vocab, h, 1, Role.EMBEDDING),
+        Weight("wpe", positions, h, 1, Role.EMBEDDING),
+        Weight("attn.c_attn", 3 * h, h, layers, Role.ATTENTION),
+        Weight("attn.c_proj", h, h, layers, Role.ATTENTION),
+        Weight("mlp.c_fc", inner, h, layers, Role.FFN),
+        Weight("mlp.c_proj", h, inner, layers, Role.FFN),
+        Weight("biases", 1, 3 * h + h + inner + h, layers, Role.NORM),
+        Weight("layer_norms", 1, 2 * h, 2 * layers, Role.NORM),
+        Weight("ln_f", 1, 2 * h, 1, Role.NORM),
+    ]
+    if not config.get("tie_word_embeddings", True):
+        weights.append(Weight("lm_head", vocab, h, 1, Role.HEAD))
+    return ModelSpec(
+        name=name or str(config.get("_name_or_path") or config.get("model_type") or "gpt2"),
+        hidden=h,
+        layers=layers,
+        vocab=vocab,
+        attention=Attention.GQA,
+        q_heads=heads,
+        kv_heads=heads,
+        head_dim=h // heads,
+        v_head_dim=h // heads,
+        kv_lora_rank=0,
+        rope_dim=0,
+        moe_layers=0,
+        experts=0,
+        experts_per_token=0,
+        max_context=positions,
+        weights=tuple(weights),
+    )

@@ -1,6 +1,8 @@
 """PNG plots of a plan: a roofline per chip with the model's op classes, decode tok/s per chip.
 
-matplotlib is the optional extra ``plot``; it is imported only here, when a plot is asked for.
+matplotlib is the optional extra ``plot``; figures come from :func:`ue8m0.extras.figure` (a
+``Figure`` drawn by Agg, no pyplot): plotting never switches matplotlib's global backend, and a
+missing matplotlib is reported by :func:`ue8m0.extras.require` like every missing extra.
 """
 
 from __future__ import annotations
@@ -9,20 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ue8m0.plan.errors import PlanError
+from ue8m0.extras import figure
 from ue8m0.plan.estimate import Estimate
 from ue8m0.plan.precision import Compute
-
-
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-    except ImportError:
-        raise PlanError("plots need matplotlib: pip install 'ue8m0[plot]'") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _slug(text: str) -> str:
@@ -31,10 +22,10 @@ def _slug(text: str) -> str:
 
 def plot_roofline(estimates: Sequence[Estimate], path: Path) -> Path:
     """Roofline of one chip (its BF16/FP8/FP4/INT8 roofs) with every estimate's op classes."""
-    plt = _pyplot()
     chip = estimates[0].chip
     bw = chip.number("mem_bw_tbs")
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig: Any = figure(7, 4.5)
+    ax = fig.subplots()
     if bw is not None:
         xs = [0.1 * 1.25**i for i in range(70)]
         for compute in Compute:
@@ -63,22 +54,18 @@ def plot_roofline(estimates: Sequence[Estimate], path: Path) -> Path:
     ax.set_title(f"{chip.name}: {estimates[0].model.name}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=6, ncol=2, loc="lower right")
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
 def plot_decode_bars(estimates: Sequence[Estimate], path: Path) -> Path:
     """Grouped bars: decode tokens/s per chip for each chip, one bar per format; one panel per
     batch. A missing bar is an estimate the planner could not make (or that did not fit)."""
-    plt = _pyplot()
     batches = sorted({e.workload.batch for e in estimates})
     chips = list(dict.fromkeys(e.chip.key for e in estimates))
     formats = list(dict.fromkeys(e.fmt.name for e in estimates))
-    fig, axes = plt.subplots(
-        len(batches), 1, figsize=(max(6, 1.1 * len(chips)), 3.2 * len(batches)), squeeze=False
-    )
+    fig: Any = figure(max(6, 1.1 * len(chips)), 3.2 * len(batches))
+    axes = fig.subplots(len(batches), 1, squeeze=False)
     width = 0.8 / len(formats)
     for ax, batch in zip(axes[:, 0], batches, strict=True):
         for j, fmt in enumerate(formats):
@@ -97,9 +84,7 @@ def plot_decode_bars(estimates: Sequence[Estimate], path: Path) -> Path:
         ax.set_ylabel("decode tok/s per chip")
         ax.set_title(f"{estimates[0].model.name}, batch {batch} (upper bounds)")
         ax.legend()
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 

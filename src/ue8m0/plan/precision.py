@@ -6,8 +6,10 @@ embedding, head, router, norms and biases stay BF16. Bytes of one ``(rows, cols)
 
     ceil(rows · cols · element_bits / 8) + ceil(rows / br) · ceil(cols / bc) · scale_bytes
 
-(``bc = -1`` means one scale per whole row). :func:`compute_path` picks the roof a GEMM of the
-format runs at on a chip (see :class:`Compute`).
+(``bc = -1`` means one scale per whole row). A format may store the routed experts in another
+format (``experts``: DeepSeek-V4's FP4 experts beside FP8 dense weights). :func:`compute_path`
+picks the roof a GEMM of the format runs at on a chip (see :class:`Compute`). :data:`STORED` are
+the formats a release keeps some tensors in whatever the plan (FP32 norms, BF16 compressors).
 """
 
 from __future__ import annotations
@@ -39,6 +41,19 @@ class WeightFormat:
     block: tuple[int, int] | None  # None: no scales
     scale_bytes: int
     wants: Compute
+    experts: WeightFormat | None = None
+
+    def for_experts(self, routed: bool) -> WeightFormat:
+        """The format of routed-expert weights (``routed``) or of the other quantizable ones."""
+        return self.experts if routed and self.experts is not None else self
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Bits per element of a large weight, scales included (4.25 for E2M1 with a UE8M0 scale
+        per 32; a per-row scale counts as 0)."""
+        if self.block is None or self.block[1] == -1:
+            return float(self.element_bits)
+        return self.element_bits + self.scale_bytes * 8 / (self.block[0] * self.block[1])
 
     def weight_bytes(self, rows: int, cols: int) -> int:
         """Bytes of one ``(rows, cols)`` weight including its scales (module docstring)."""
@@ -57,6 +72,10 @@ class WeightFormat:
         return self.scale_bytes * 8 / (self.block[0] * self.block[1] * self.element_bits)
 
 
+_FP4_E2M1 = WeightFormat(
+    "fp4-e2m1", "FP4 E2M1, UE8M0 scale per 1x32 (DeepSeek-V4 experts)", 4, (1, 32), 1, Compute.FP4
+)
+
 FORMATS: dict[str, WeightFormat] = {
     f.name: f
     for f in (
@@ -74,7 +93,24 @@ FORMATS: dict[str, WeightFormat] = {
         WeightFormat(
             "int8", "INT8 W8A8, FP32 scale per output channel", 8, (1, -1), 4, Compute.INT8
         ),
+        WeightFormat(
+            "fp4-experts",
+            "FP8 E4M3 128x128 UE8M0; routed experts FP4 E2M1, UE8M0 per 1x32 (DeepSeek-V4)",
+            8,
+            (128, 128),
+            1,
+            Compute.FP8,
+            experts=_FP4_E2M1,
+        ),
     )
+}
+
+#: formats a release keeps a tensor in whatever the plan (:attr:`Weight.stored` keys)
+STORED: dict[str, WeightFormat] = {
+    "bf16": FORMATS["bf16"],
+    "f32": WeightFormat("f32", "FP32", 32, None, 0, Compute.BF16),
+    "i64": WeightFormat("i64", "INT64 (lookup table)", 64, None, 0, Compute.BF16),
+    "mxfp8": FORMATS["mxfp8"],
 }
 
 
@@ -161,7 +197,11 @@ def compute_path(chip: Chip, fmt: WeightFormat) -> ComputePath:
                 Compute.FP8,
                 chip.number("fp8_tflops"),
                 True,
-                ("no MXFP4 math: weight-only, FP4 dequantized to FP8 (W4A8 kernel)",),
+                (
+                    "no FP4 tensor math: weight-only, FP4 weights dequantized to FP8 in the kernel "
+                    "(W4A8: FP4 bytes, FP8 roof; kernel-dependent; dequantizing at load instead "
+                    "gives the fp8 plan's bytes)",
+                ),
             )
         return ComputePath(
             Compute.BF16,

@@ -6,8 +6,9 @@ from collections.abc import Sequence
 
 from ue8m0.plan.calibrate import PHASE_UNITS, Point
 from ue8m0.plan.chips import NUMBERS, Chip
-from ue8m0.plan.estimate import UPPER_BOUND, Estimate
+from ue8m0.plan.estimate import UPPER_BOUND, Estimate, bytes_by_class
 from ue8m0.plan.models import ModelSpec
+from ue8m0.plan.precision import WeightFormat
 
 
 def _num(x: float | None, digits: int = 3) -> str:
@@ -36,13 +37,34 @@ def render_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def model_line(model: ModelSpec, kv_format: str) -> str:
     """One line of model facts."""
     mtp = f"; MTP layers {model.mtp_params / 1e9:.1f} B not loaded" if model.mtp_params else ""
+    if model.aux_params:
+        mtp += f"; lookup tables and vision {model.aux_params / 1e9:.1f} B beside the total"
     moe = f", MoE {model.experts} experts top-{model.experts_per_token}" if model.is_moe else ""
     return (
         f"{model.name}: {model.total_params / 1e9:.1f} B parameters, "
         f"{model.active_params / 1e9:.1f} B active per token{moe}{mtp}; "
         f"{model.attention.value.upper()} KV cache {model.kv_bytes_per_token(kv_format):,} "
-        f"B/token ({kv_format})"
+        f"B/token ({kv_format}{', long-context slope; + sliding window' if model.hybrid else ''})"
     )
+
+
+def class_lines(model: ModelSpec, formats: Sequence[WeightFormat]) -> list[str]:
+    """Weight GB per tensor class for each format (classes with no weights left out)."""
+    lines = []
+    for fmt in formats:
+        parts = [
+            f"{name.replace('_', ' ')} {b / 1e9:,.2f}"
+            for name, b in bytes_by_class(model, fmt).items()
+            if b
+        ]
+        lines.append(f"weights GB, {fmt.name}: " + ", ".join(parts))
+    return lines
+
+
+def _math(e: Estimate) -> str:
+    if e.expert_path == e.path:
+        return e.path.label
+    return f"{e.path.label}; experts {e.expert_path.label}"
 
 
 def render_plan(model: ModelSpec, estimates: Sequence[Estimate]) -> str:
@@ -55,6 +77,7 @@ def render_plan(model: ModelSpec, estimates: Sequence[Estimate]) -> str:
         model_line(model, wl.kv_format),
         f"context {wl.context} tokens (prefill: one prompt of that length), KV {wl.kv_format}, "
         f"memory reserve {wl.reserve:.0%}, chips: {chips}",
+        *class_lines(model, list({e.fmt.name: e.fmt for e in estimates}.values())),
         "",
     ]
     notes: dict[str, int] = {}
@@ -66,6 +89,7 @@ def render_plan(model: ModelSpec, estimates: Sequence[Estimate]) -> str:
         "FITS",
         "WEIGHTS GB",
         "KV GB",
+        "GB/CHIP",
         "PREFILL s",
         "PREFILL tok/s/chip",
         "BATCH",
@@ -83,11 +107,12 @@ def render_plan(model: ModelSpec, estimates: Sequence[Estimate]) -> str:
             [
                 e.chip.key,
                 e.fmt.name,
-                e.path.label,
+                _math(e),
                 _num(e.num_chips),
                 fits,
                 _num(e.weight_bytes / 1e9, 4),
                 _num(e.kv_bytes / 1e9),
+                _num(None if e.memory_per_chip is None else e.memory_per_chip / 1e9),
                 _num(e.prefill_s),
                 _num(e.prefill_tok_s_per_chip),
                 str(e.workload.batch),
