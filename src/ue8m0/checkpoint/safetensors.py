@@ -8,10 +8,9 @@ checkpoint touches no more memory than the slab (mapped pages would count in the
 
 from __future__ import annotations
 
-import itertools
-import json
 import mmap
 import os
+import stat
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from ue8m0.checkpoint.jsonio import loads_json
 from ue8m0.errors import CheckpointError
 
 #: safetensors dtype tag -> numpy dtype
@@ -52,7 +52,13 @@ FLOAT_TAGS = ("F32", "F16", "BF16")
 #: FP8 element dtypes of quantized weights
 FP8_TAGS = ("F8_E4M3", "F8_E5M2")
 
-MAX_HEADER = 100 * 1024 * 1024
+#: dtype tags the safetensors format defines that ue8m0 does not read
+OTHER_TAGS = ("F4", "F6_E2M3", "F6_E3M2", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "C64")
+
+#: the safetensors library's limit on the header length
+MAX_HEADER = 100_000_000
+#: sizes (shape dims, offsets) are unsigned 64-bit integers in the format
+_SIZE_LIMIT = 2**64
 
 
 @dataclass(frozen=True)
@@ -82,22 +88,89 @@ def tag_of(dtype: Any) -> str:
         raise CheckpointError("<memory>", f"no safetensors dtype for {np.dtype(dtype)}") from None
 
 
+def open_regular(path: str | Path) -> int:
+    """A read-only file descriptor of ``path``, which must be a regular file (after symlinks).
+
+    A FIFO, device, socket or directory is refused before ``open`` is called (opening a FIFO
+    blocks until a writer comes; opening a device can have effects), and again on the open
+    descriptor: ``O_NONBLOCK`` makes even a FIFO swapped in between return at once. Every
+    failure is a one-line :class:`CheckpointError`.
+    """
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise CheckpointError(path, _os_reason(exc)) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(path, f"not a regular file ({_kind(st.st_mode)}): refused")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise CheckpointError(path, _os_reason(exc)) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise CheckpointError(path, f"not a regular file ({_kind(mode)}): refused")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _kind(mode: int) -> str:
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((name for test, name in kinds if test(mode)), "not a file")
+
+
+def _os_reason(exc: OSError) -> str:
+    return (exc.strerror or str(exc)).lower()
+
+
+def pread_exact(fd: int, offset: int, size: int, path: object, name: str | None = None) -> bytes:
+    """Exactly ``size`` bytes at ``offset`` of ``fd``; a short read (the file shrank) is a
+    ``CheckpointError`` naming ``path`` (and tensor ``name``)."""
+    parts = []
+    done = 0
+    while done < size:
+        part = os.pread(fd, size - done, offset + done)
+        if not part:
+            raise CheckpointError(path, "truncated while reading (it changed under us?)", name)
+        parts.append(part)
+        done += len(part)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 def read_header(path: str | Path) -> tuple[dict[str, TensorInfo], dict[str, str], int]:
     """Parse and validate the header of ``path``: ``(tensors, metadata, data_start)``."""
     path = Path(path)
-    with open(path, "rb") as f:
-        return _parse(path, f)
+    fd = open_regular(path)
+    try:
+        return _parse(path, fd)
+    finally:
+        os.close(fd)
 
 
 class SafetensorsFile:
-    """An open, validated safetensors file; use as a context manager."""
+    """An open, validated safetensors file; use as a context manager.
+
+    Data is read with ``pread`` (:meth:`read`, :meth:`read_rows`, :meth:`map_rows`,
+    :meth:`read_bytes`): a file truncated while it is read gives a ``CheckpointError``. Only
+    :meth:`get` maps the file (zero copy, for inspection): touching such a view after the file
+    was truncated kills the process with ``SIGBUS``, so converters never use it.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._file = open(self.path, "rb")
+        self._file = open(open_regular(self.path), "rb", buffering=0)
         self._mmap: mmap.mmap | None = None
         try:
-            self.tensors, self.metadata, self.data_start = _parse(self.path, self._file)
+            self.tensors, self.metadata, self.data_start = _parse(self.path, self._file.fileno())
         except BaseException:
             self._file.close()
             raise
@@ -129,7 +202,7 @@ class SafetensorsFile:
             raise CheckpointError(self.path, "no such tensor in this file", name) from None
 
     def get(self, name: str) -> np.ndarray:
-        """A read-only numpy view of tensor ``name`` (no copy)."""
+        """A read-only numpy view of tensor ``name`` (no copy; see the class doc on SIGBUS)."""
         info = self.info(name)
         if info.nbytes == 0:
             return np.zeros(info.shape, DTYPES[info.dtype])
@@ -160,33 +233,13 @@ class SafetensorsFile:
 
     @contextmanager
     def map_rows(self, name: str, lead: int, r0: int, r1: int) -> Iterator[np.ndarray]:
-        """Like :meth:`read_rows` but zero-copy: a read-only view of a private mapping of just
-        those rows (prefaulted), unmapped on exit so the RSS never holds more than the slab."""
-        info = self.info(name)
-        rows, cols = info.shape[-2], info.shape[-1]
-        row_bytes = cols * info.itemsize
-        offset = self.data_start + info.start + (lead * rows + r0) * row_bytes
-        size = (r1 - r0) * row_bytes
-        if size == 0:
-            yield np.zeros((r1 - r0, cols), DTYPES[info.dtype])
-            return
-        base = offset - offset % mmap.ALLOCATIONGRANULARITY
-        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-        mapped = mmap.mmap(
-            self._file.fileno(), offset + size - base, flags=flags, prot=mmap.PROT_READ, offset=base
-        )
-        arr: np.ndarray | None = None
-        try:
-            view = np.frombuffer(mapped, np.uint8, count=size, offset=offset - base)
-            arr = view.view(DTYPES[info.dtype]).reshape(r1 - r0, cols)
-            del view
-            yield arr
-        finally:
-            del arr  # drop the export before closing the map
-            try:
-                mapped.close()
-            except BufferError:  # the caller kept a view; the GC unmaps it later
-                pass
+        """Rows ``r0:r1`` of the 2-D slice ``lead`` for the duration of the ``with`` block.
+
+        Read with ``pread`` into a slab that lives only as long as the block (a memory map
+        would die of ``SIGBUS`` if the source were truncated meanwhile; measured, the copy
+        costs no throughput), so the RSS never holds more than the slab.
+        """
+        yield self.read_rows(name, lead, r0, r1)
 
     def read_bytes(self, name: str, start: int, stop: int) -> np.ndarray:
         """Bytes ``start:stop`` of the data of tensor ``name`` as a uint8 copy."""
@@ -201,52 +254,131 @@ class SafetensorsFile:
         while done < size:
             n = os.preadv(fd, [view[done:]], offset + done)
             if n <= 0:
-                raise CheckpointError(self.path, "truncated while reading", name)
+                raise CheckpointError(
+                    self.path, "truncated while reading (it changed under us?)", name
+                )
             done += n
         return out
 
 
-def _parse(path: Path, f: Any) -> tuple[dict[str, TensorInfo], dict[str, str], int]:
-    size = os.fstat(f.fileno()).st_size
-    raw = f.read(8)
-    if len(raw) < 8:
+def _parse(path: Path, fd: int) -> tuple[dict[str, TensorInfo], dict[str, str], int]:
+    """The header of the open file ``fd``, validated as the safetensors library does.
+
+    Refused (each a one-line ``CheckpointError``): a header length beyond the file or above
+    :data:`MAX_HEADER`; a header that is not UTF-8, not a JSON object, nested too deep or with a
+    key twice; metadata that is not an object of strings; an entry whose dtype is unknown, whose
+    shape or offsets are not unsigned 64-bit integers (``true``, ``2.0``, ``-1``), whose byte
+    span does not equal ``prod(shape) * itemsize`` (Python integers: no overflow) or runs past
+    the data; spans that, sorted, leave a hole or overlap; bytes after the last span.
+    """
+    size = os.fstat(fd).st_size
+    if size < 8:
         raise CheckpointError(path, "truncated: shorter than the 8-byte header length")
-    (n,) = struct.unpack("<Q", raw)
-    if n > MAX_HEADER or 8 + n > size:
+    (n,) = struct.unpack("<Q", pread_exact(fd, 0, 8, path))
+    if n > MAX_HEADER:
+        raise CheckpointError(path, f"header length {n} is over the limit of {MAX_HEADER}")
+    if 8 + n > size:
         raise CheckpointError(path, f"header length {n} is larger than the file ({size} bytes)")
-    try:
-        header = json.loads(f.read(n).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(path, f"header is not valid JSON ({exc})") from None
+    header = loads_json(pread_exact(fd, 8, n, path), path, "header", allow_nan=False)
     if not isinstance(header, dict):
         raise CheckpointError(path, "header is not a JSON object")
-    metadata = header.pop("__metadata__", None) or {}
+    metadata = _metadata(path, header.pop("__metadata__", None))
+    data_size = size - 8 - n
+    tensors = {name: _entry(path, name, entry, data_size) for name, entry in header.items()}
+    _check_coverage(path, tensors, data_size)
+    return tensors, metadata, 8 + n
+
+
+def _metadata(path: Path, metadata: object) -> dict[str, str]:
+    if metadata is None:
+        return {}
     if not isinstance(metadata, dict):
         raise CheckpointError(path, "__metadata__ is not a JSON object")
-    data_size = size - 8 - n
-    tensors: dict[str, TensorInfo] = {}
-    for name, entry in header.items():
-        try:
-            dtype = str(entry["dtype"])
-            shape = tuple(int(d) for d in entry["shape"])
-            start, end = (int(o) for o in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(path, "malformed header entry", name) from None
-        if dtype not in DTYPES:
-            raise CheckpointError(path, f"unknown dtype {dtype!r}", name)
-        expected = int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype].itemsize
-        if any(d < 0 for d in shape) or start < 0 or end < start or end - start != expected:
-            raise CheckpointError(path, f"offsets {start}..{end} do not fit shape {shape}", name)
-        if end > data_size:
+    for key, value in metadata.items():
+        if not isinstance(value, str):
+            raise CheckpointError(
+                path, f"__metadata__ value of {_short(key)} is {_short(value)}, not a string"
+            )
+    return metadata
+
+
+def _is_size(value: object) -> bool:
+    return type(value) is int and 0 <= value < _SIZE_LIMIT
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _span_of(shape: list[int], itemsize: int, cap: int) -> int:
+    """``prod(shape) * itemsize`` in Python integers, stopped once it passes ``cap`` (a
+    hostile shape of millions of dims must not build a million-digit integer)."""
+    if 0 in shape:
+        return 0
+    total = itemsize
+    for dim in shape:
+        total *= dim
+        if total > cap:
+            return total
+    return total
+
+
+def _entry(path: Path, name: str, entry: object, data_size: int) -> TensorInfo:
+    if not isinstance(entry, dict):
+        raise CheckpointError(path, "malformed header entry (not a JSON object)", name)
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(dtype, str):
+        raise CheckpointError(path, f"malformed header entry: dtype {_short(dtype)}", name)
+    if dtype not in DTYPES:
+        kind = "unsupported" if dtype in OTHER_TAGS else "unknown"
+        raise CheckpointError(path, f"{kind} dtype {_short(dtype)}", name)
+    if not isinstance(shape, list) or not all(_is_size(d) for d in shape):
+        raise CheckpointError(
+            path, f"shape {_short(shape)} is not a list of unsigned 64-bit integers", name
+        )
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_size(o) for o in offsets):
+        raise CheckpointError(
+            path, f"data_offsets {_short(offsets)} are not two unsigned 64-bit integers", name
+        )
+    start, end = offsets
+    expected = _span_of(shape, DTYPES[dtype].itemsize, _SIZE_LIMIT)
+    if end < start or end - start != expected:
+        what = "more than 2**64" if expected >= _SIZE_LIMIT else str(expected)
+        raise CheckpointError(
+            path,
+            f"offsets {start}..{end} do not fit shape {_short(tuple(shape))} of {dtype} "
+            f"({what} bytes)",
+            name,
+        )
+    if end > data_size:
+        raise CheckpointError(
+            path,
+            f"offsets {start}..{end} run past the end of the data ({data_size} bytes): "
+            "truncated file?",
+            name,
+        )
+    return TensorInfo(name, dtype, tuple(shape), start, end)
+
+
+def _check_coverage(path: Path, tensors: dict[str, TensorInfo], data_size: int) -> None:
+    """The spans, sorted, must tile the data exactly (what the safetensors library checks)."""
+    cursor, previous = 0, ""
+    for info in sorted(tensors.values(), key=lambda t: (t.start, t.end)):
+        if info.start < cursor:
             raise CheckpointError(
                 path,
-                f"offsets {start}..{end} run past the end of the data ({data_size} bytes): "
-                "truncated file?",
-                name,
+                f"data overlaps that of {previous!r} (bytes {info.start}..{cursor})",
+                info.name,
             )
-        tensors[name] = TensorInfo(name, dtype, shape, start, end)
-    spans = sorted((t.start, t.end, t.name) for t in tensors.values() if t.end > t.start)
-    for (_, end_a, name_a), (start_b, _, name_b) in itertools.pairwise(spans):
-        if start_b < end_a:
-            raise CheckpointError(path, f"data of {name_a!r} and {name_b!r} overlap", name_b)
-    return tensors, {str(k): str(v) for k, v in metadata.items()}, 8 + n
+        if info.start > cursor:
+            raise CheckpointError(
+                path, f"a hole of {info.start - cursor} bytes before the data", info.name
+            )
+        cursor, previous = info.end, info.name
+    if cursor != data_size:
+        raise CheckpointError(
+            path,
+            f"{data_size - cursor} trailing bytes after the last tensor's data "
+            "(the safetensors library refuses such a file)",
+        )
