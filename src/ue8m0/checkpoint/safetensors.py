@@ -132,18 +132,24 @@ def _os_reason(exc: OSError) -> str:
     return (exc.strerror or str(exc)).lower()
 
 
-def pread_exact(fd: int, offset: int, size: int, path: object, name: str | None = None) -> bytes:
-    """Exactly ``size`` bytes at ``offset`` of ``fd``; a short read (the file shrank) is a
+def pread_into(
+    fd: int, buf: memoryview, offset: int, path: object, name: str | None = None
+) -> None:
+    """Fill ``buf`` from ``offset`` of ``fd``; a short read (the file shrank) is a
     ``CheckpointError`` naming ``path`` (and tensor ``name``)."""
-    parts = []
     done = 0
-    while done < size:
-        part = os.pread(fd, size - done, offset + done)
-        if not part:
+    while done < len(buf):
+        n = os.preadv(fd, [buf[done:]], offset + done)
+        if n <= 0:
             raise CheckpointError(path, "truncated while reading (it changed under us?)", name)
-        parts.append(part)
-        done += len(part)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+        done += n
+
+
+def pread_exact(fd: int, offset: int, size: int, path: object, name: str | None = None) -> bytes:
+    """Exactly ``size`` bytes at ``offset`` of ``fd`` (see :func:`pread_into`)."""
+    buf = bytearray(size)
+    pread_into(fd, memoryview(buf), offset, path, name)
+    return bytes(buf)
 
 
 def read_header(path: str | Path) -> tuple[dict[str, TensorInfo], dict[str, str], int]:
@@ -248,16 +254,7 @@ class SafetensorsFile:
 
     def _pread(self, offset: int, size: int, name: str) -> np.ndarray:
         out = np.empty(size, np.uint8)
-        view = memoryview(out)  # type: ignore[arg-type]
-        done = 0
-        fd = self._file.fileno()
-        while done < size:
-            n = os.preadv(fd, [view[done:]], offset + done)
-            if n <= 0:
-                raise CheckpointError(
-                    self.path, "truncated while reading (it changed under us?)", name
-                )
-            done += n
+        pread_into(self._file.fileno(), memoryview(out), offset, self.path, name)  # type: ignore[arg-type]
         return out
 
 
