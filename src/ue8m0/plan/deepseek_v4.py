@@ -216,7 +216,8 @@ def spec_from_config(config: dict[str, Any], name: str) -> ModelSpec:
         Weight("embed", s.vocab, s.h, 1, Role.EMBEDDING),
         Weight("head", s.vocab, s.h, 1, Role.HEAD),
         Weight("norm", 1, s.h, 1, Role.NORM, "f32"),
-        Weight("hc_head", s.hc, s.hc * s.h + 2, 1, Role.NORM, "f32"),
+        Weight("hc_head_fn", s.hc, s.hc * s.h, 1, Role.NORM, "f32"),
+        Weight("hc_head_base+scale", 1, s.hc + 1, 1, Role.NORM, "f32"),
     ]
     notes = []
     if v41:

@@ -24,7 +24,7 @@ def plot_roofline(estimates: Sequence[Estimate], path: Path) -> Path:
     """Roofline of one chip (its BF16/FP8/FP4/INT8 roofs) with every estimate's op classes."""
     chip = estimates[0].chip
     bw = chip.number("mem_bw_tbs")
-    fig: Any = figure(7, 4.5)
+    fig: Any = figure(10, 5)
     ax = fig.subplots()
     if bw is not None:
         xs = [0.1 * 1.25**i for i in range(70)]
@@ -53,7 +53,7 @@ def plot_roofline(estimates: Sequence[Estimate], path: Path) -> Path:
     ax.set_ylabel("attainable TFLOPS per chip (upper bound)")
     ax.set_title(f"{chip.name}: {estimates[0].model.name}")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=6, ncol=2, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.savefig(path, dpi=120)
     return path
 
