@@ -20,8 +20,11 @@ import pytest
 import ue8m0.kernels as kernels
 from ckpt_fixtures import BF16, run_cli, visible_files, write_checkpoint
 from ue8m0.checkpoint import runner
-from ue8m0.checkpoint.plan import QuantizeOptions, plan_dequantize, plan_quantize
-from ue8m0.checkpoint.requantize import Fp8Options, plan_fp8
+from ue8m0.checkpoint.options import QuantizeOptions
+from ue8m0.checkpoint.plan_dequantize import plan_dequantize
+from ue8m0.checkpoint.plan_quantize import plan_quantize
+from ue8m0.checkpoint.options import Fp8Options
+from ue8m0.checkpoint.plan_fp8 import plan_fp8
 from ue8m0.checkpoint.runner import STOP_AFTER_ENV
 from ue8m0.checkpoint.source import MANIFEST_NAME, open_checkpoint
 
@@ -228,7 +231,7 @@ def test_warm_up_compiles_what_the_run_calls(
     plans = {"quantize": lambda c: plan_quantize(c, QuantizeOptions().validated())}
     plans["dequantize"] = plan_dequantize
     plans["requantize"] = lambda c: plan_fp8(c, "requantize", Fp8Options().validated())
-    plans["relayout"] = lambda c: plan_fp8(c, "relayout", Fp8Options(to="mxfp8").validated())
+    plans["relayout"] = lambda c: plan_fp8(c, "relayout", Fp8Options(layout="mxfp8").validated())
     fp32 = tmp_path / "fp32"
     opts = QuantizeOptions(scale_rule="fp32").validated()
     runner.run_plan(ckpt, plan_quantize(ckpt, opts), fp32)
@@ -236,7 +239,7 @@ def test_warm_up_compiles_what_the_run_calls(
         source = open_checkpoint(src if kind == "quantize" else fp32)
         plan = make(source)
         calls.clear()
-        runner._warm_up(source, plan.shards, plan.kind, runner._options(plan))
+        runner._warm_up(source, plan.shards, plan.options)
         warm = set(calls)
         assert warm, kind
         calls.clear()

@@ -114,7 +114,8 @@ def test_verify_against_detects_wrong_values(
 def test_progress_bars_only_on_a_terminal(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from ue8m0.checkpoint.plan import QuantizeOptions, plan_quantize
+    from ue8m0.checkpoint.options import QuantizeOptions
+    from ue8m0.checkpoint.plan_quantize import plan_quantize
     from ue8m0.checkpoint.runner import Progress, run_plan
     from ue8m0.checkpoint.source import open_checkpoint
     from ue8m0.cli._output import BarProgress, make_progress

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
+
 from ue8m0.api import DEFAULT_EPS, QuantizedTensor, dequantize, quantize
 from ue8m0.errors import (
     BlockError,
@@ -37,7 +39,10 @@ from ue8m0.formats import (
 from ue8m0.gemm import gemm
 from ue8m0.policies import NonFinite, ScaleRule, ScaleSearch
 
-__version__ = "0.1.0.dev0"
+try:
+    __version__ = version("ue8m0")  # the one place it is set is pyproject.toml
+except PackageNotFoundError:  # pragma: no cover - imported from a source tree, not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "DEFAULT_EPS",

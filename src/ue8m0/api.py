@@ -13,11 +13,8 @@ from ue8m0 import reference
 from ue8m0.blocks import BlockLike, parse_block, scale_grid, to_numpy
 from ue8m0.errors import FormatNameError, InputError
 from ue8m0.formats import ElementFormat, element_format
-from ue8m0.policies import NonFinite, ScaleRule, ScaleSearch
+from ue8m0.policies import DEFAULT_EPS, NonFinite, ScaleRule, ScaleSearch
 from ue8m0.search import refine_mse
-
-#: DeepSeek-V3.1 and DeepGEMM clamp amax to at least this before computing the scale
-DEFAULT_EPS = 1e-4
 
 BACKENDS = ("auto", "fast", "reference")
 
@@ -36,7 +33,16 @@ class QuantizedTensor:
     scale_codes: np.ndarray | None
     fmt: ElementFormat
     block: tuple[int, int]
-    scale_rule: ScaleRule
+    #: the rule that chose ``scale``; None for scales read from storage (a checkpoint), whose
+    #: rule is not known
+    scale_rule: ScaleRule | None
+
+    @classmethod
+    def from_stored(
+        cls, data: np.ndarray, scale: np.ndarray, fmt: ElementFormat, block: tuple[int, int]
+    ) -> QuantizedTensor:
+        """Element codes and float32 scales read from storage, to dequantize them."""
+        return cls(data, scale, None, fmt, block, None)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -182,12 +188,12 @@ def _dispatch_quantize(
 
 
 def _fast_backend() -> Any:
-    """The compiled-kernel module, or None while it does not exist."""
+    """The compiled-kernel module, or None where numba cannot be imported."""
     try:
         from ue8m0 import kernels
     except ImportError:
         return None
-    return kernels if hasattr(kernels, "quantize") else None
+    return kernels
 
 
 _OUT_DTYPES = (np.dtype(np.float32), np.dtype(ml_dtypes.bfloat16))

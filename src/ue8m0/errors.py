@@ -51,6 +51,22 @@ class NonFiniteError(Ue8m0Error, ValueError):
         return (type(self), (str(self), self.block, self.value))
 
 
+class OptionError(Ue8m0Error, ValueError):
+    """Options that conflict or that the chosen layout cannot store.
+
+    ``option`` is the library's name of the option (``scale_dtype``, ``layout``, ...); the CLI
+    shows it as its flag.
+    """
+
+    def __init__(self, option: str, reason: str) -> None:
+        super().__init__(f"{option}: {reason}")
+        self.option = option
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return (type(self), (self.option, self.reason))
+
+
 class PlanError(Ue8m0Error, ValueError):
     """A planning input that cannot be used; the message names it and what to use instead."""
 

@@ -13,6 +13,9 @@ from typing import TypeVar
 
 from ue8m0.errors import FormatNameError
 
+#: DeepSeek-V3.1 and DeepGEMM clamp a block's amax to at least this before computing the scale
+DEFAULT_EPS = 1e-4
+
 
 class ScaleRule(enum.Enum):
     """How a block's scale is computed from its amax."""
@@ -67,6 +70,16 @@ class ScaleRule(enum.Enum):
     def is_power_of_two(self) -> bool:
         """Whether the scale is a UE8M0 power of two (every rule but ``fp32``)."""
         return self is not ScaleRule.FP32
+
+    @property
+    def kernel_id(self) -> int:
+        """The integer the compiled kernels know this rule by: its position in the enum."""
+        return list(ScaleRule).index(self)
+
+    @classmethod
+    def names(cls, power_of_two_only: bool = False) -> list[str]:
+        """Every rule's name (for CLI choices), optionally the power-of-two rules only."""
+        return [r.value for r in cls if r.is_power_of_two or not power_of_two_only]
 
     @classmethod
     def parse(cls, value: str | ScaleRule) -> ScaleRule:

@@ -9,16 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from ue8m0.checkpoint.layout import (
-    SCALE_TAGS,
-    config_block,
-    decode_scale,
-    infer_block,
-    is_power_of_two,
-    is_scale_name,
-    scale_candidates,
-)
+from ue8m0.checkpoint.pairs import pair_fp8_weights, read_scale
+from ue8m0.checkpoint.registry import detect_layout, is_scale_name
 from ue8m0.checkpoint.safetensors import FP8_TAGS, TensorInfo
+from ue8m0.checkpoint.scales import SCALE_TAGS, infer_block, is_power_of_two
 from ue8m0.checkpoint.source import Checkpoint, open_checkpoint
 
 
@@ -37,30 +31,27 @@ def _role(info: TensorInfo, scales: set[str]) -> str:
 def detect_format(
     ckpt: Checkpoint, scale_tags: Counter[str], blocks: set[tuple[int, int]], pow2: bool
 ) -> str:
-    qc = (ckpt.config or {}).get("quantization_config") or {}
-    method = qc.get("quant_method") if isinstance(qc, dict) else None
+    """The detected layout's title (asking each registered layout), and whether its scales are
+    powers of two."""
     if not scale_tags:
         return "high precision (no FP8 weights)"
-    if blocks == {(1, 32)}:
-        return "MXFP8 (1x32 groups, power-of-two scales)"
-    if method == "compressed-tensors" or any(n.endswith(".weight_scale") for n in ckpt.tensors):
-        kind = "compressed-tensors FP8 block"
-    else:
-        kind = "DeepSeek FP8 block (weight_scale_inv)"
+    qc = (ckpt.config or {}).get("quantization_config") or {}
+    method = qc.get("quant_method") if isinstance(qc, dict) else None
+    layout = detect_layout(method, [n for n in ckpt.tensors if is_scale_name(n)], blocks)
+    if layout is None:
+        return "FP8 of an unknown layout"
+    if layout.fixed_block:
+        return layout.title
     scales = "UE8M0 (power-of-two) scales" if pow2 else "non-power-of-two scales"
-    return f"{kind}, {scales}"
+    return f"{layout.title}, {scales}"
 
 
 def inspect_checkpoint(path: str | Path) -> dict[str, Any]:
     """A JSON-able description of the checkpoint at ``path``."""
     ckpt = open_checkpoint(path)
-    declared = config_block(ckpt.config)
-    pairs = {}
-    for info in ckpt.tensors.values():
-        if info.dtype in FP8_TAGS:
-            scale = next((s for s in scale_candidates(info.name) if s in ckpt.tensors), None)
-            if scale is not None:
-                pairs[info.name] = scale
+    found = pair_fp8_weights(ckpt)
+    declared = found.declared
+    pairs = {weight: scale for scale, weight in found.scales.items()}
     by_dtype: dict[str, dict[str, int]] = {}
     by_role: dict[str, dict[str, int]] = {}
     for info in ckpt.tensors.values():
@@ -81,8 +72,7 @@ def inspect_checkpoint(path: str | Path) -> dict[str, Any]:
             blocks.add(block)
         if sinfo.dtype not in SCALE_TAGS:
             continue
-        with ckpt.open(ckpt.weight_map[scale]) as f:
-            values = decode_scale(f.read(scale), sinfo.dtype).reshape(-1)
+        values = read_scale(ckpt, scale).reshape(-1)
         count += values.size
         pow2_count += int(np.count_nonzero(is_power_of_two(values)))
         with np.errstate(divide="ignore", invalid="ignore"):

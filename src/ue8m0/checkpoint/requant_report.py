@@ -9,8 +9,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ue8m0.checkpoint.fp8convert import read_stats
 from ue8m0.checkpoint.plan import Plan
+from ue8m0.checkpoint.stats import read_stats
 
 COLUMNS = ("rel_frobenius", "max_abs_error", "cosine", "saturated", "flushed")
 

@@ -31,26 +31,19 @@ import numpy as np
 from ue8m0 import kernels
 from ue8m0.api import QuantizedTensor, dequantize, quantize
 from ue8m0.checkpoint.convert import convert_shard
-from ue8m0.checkpoint.layout import MX_BLOCK, element_fmt
 from ue8m0.checkpoint.manifest import Manifest, source_fingerprint
-from ue8m0.checkpoint.plan import Plan, ShardPlan
+from ue8m0.checkpoint.options import DequantizeOptions, Fp8Options, Options, QuantizeOptions
+from ue8m0.checkpoint.plan import Plan, ShardPlan, Task
+from ue8m0.checkpoint.progress import Progress
+from ue8m0.checkpoint.registry import element_fmt
+from ue8m0.checkpoint.safetensors import DTYPES
 from ue8m0.checkpoint.source import INDEX_NAME, Checkpoint, check_destination
+from ue8m0.checkpoint.steps import KERNEL_STEPS
 from ue8m0.checkpoint.writer import TMP_SUFFIX, copy_atomic, write_json_atomic
 from ue8m0.errors import CheckpointError
-from ue8m0.policies import ScaleRule
 
 #: test-only hook: stop (sleep) after this many shards are recorded, to be killed mid-run
 STOP_AFTER_ENV = "UE8M0_TEST_STOP_AFTER_SHARDS"
-
-
-class Progress:
-    """Progress sink; the CLI subclasses it with bars. All methods are no-ops here."""
-
-    def start(self, total_bytes: int, shards: int) -> None: ...
-    def shard_start(self, shard: str, nbytes: int) -> None: ...
-    def advance(self, shard: str, nbytes: int) -> None: ...
-    def shard_done(self, shard: str) -> None: ...
-    def close(self) -> None: ...
 
 
 def peak_rss_bytes() -> int:
@@ -104,7 +97,6 @@ def run_plan(
     pool = _Pool.start(ckpt, plan, todo, workers) if workers > 1 and len(todo) > 1 else None
     progress.start(sum(s.in_bytes for s in todo), len(todo))
     stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
-    options = _options(plan)
 
     def record(shard: ShardPlan, size: int, sha: str) -> None:
         manifest.record(shard.name, size, sha)
@@ -122,14 +114,13 @@ def run_plan(
                     ckpt.root,
                     dst,
                     shard,
-                    plan.kind,
-                    options,
+                    plan.options,
                     tick,
                     threads=None,  # one process: every core (or UE8M0_NUM_THREADS)
                 )
                 record(shard, size, sha)
         else:
-            worker_peak = pool.run(ckpt, plan, dst, todo, options, progress, record)
+            worker_peak = pool.run(ckpt, plan, dst, todo, progress, record)
         _finalize(ckpt, plan, dst)
         manifest.finish()
     except BaseException:
@@ -142,14 +133,6 @@ def run_plan(
     seconds = time.perf_counter() - t0
     method = pool.method if pool is not None else None
     return RunResult(plan, [s.name for s in todo], skipped, seconds, worker_peak, method)
-
-
-def _options(plan: Plan) -> dict[str, Any]:
-    params = {k: v for k, v in plan.params.items() if k != "command"}
-    if plan.kind == "quantize":
-        params["block"] = tuple(params["block"])
-        params["include"], params["exclude"] = tuple(params["include"]), tuple(params["exclude"])
-    return params
 
 
 def _clean_temps(dst: Path) -> None:
@@ -198,16 +181,16 @@ def start_method() -> str:
 
 
 def _worker(
-    root: str, dst: str, shard: ShardPlan, kind: str, options: dict[str, Any], threads: int
-) -> tuple[str, Any, Any, Any]:
+    root: str, dst: str, shard: ShardPlan, options: Options, threads: int
+) -> tuple[int, int, str]:
+    """Convert one shard in a worker; ``(peak RSS, size, crc32)``. Errors travel back pickled
+    (:class:`CheckpointError` pickles with its fields)."""
+
     def tick(n: int) -> None:
         _QUEUE.put((shard.name, n))
 
-    try:
-        size, sha = convert_shard(Path(root), Path(dst), shard, kind, options, tick, threads)
-    except CheckpointError as exc:  # its __init__ signature does not survive pickling
-        return ("error", str(exc.path), exc.reason, exc.tensor)
-    return ("ok", peak_rss_bytes(), size, sha)
+    size, sha = convert_shard(Path(root), Path(dst), shard, options, tick, threads)
+    return peak_rss_bytes(), size, sha
 
 
 @dataclass
@@ -222,7 +205,7 @@ class _Pool:
 
     @classmethod
     def start(cls, ckpt: Checkpoint, plan: Plan, todo: list[ShardPlan], workers: int) -> _Pool:
-        _warm_up(ckpt, todo, plan.kind, _options(plan))
+        _warm_up(ckpt, todo, plan.options)
         method = start_method()
         ctx = multiprocessing.get_context(method)
         q = ctx.Queue()
@@ -261,7 +244,6 @@ class _Pool:
         plan: Plan,
         dst: Path,
         todo: list[ShardPlan],
-        options: dict[str, Any],
         progress: Progress,
         record: Any,
     ) -> int:
@@ -271,7 +253,7 @@ class _Pool:
         started: set[str] = set()
         peak = 0
         for shard in todo:
-            args = (str(ckpt.root), str(dst), shard, plan.kind, options, self.threads)
+            args = (str(ckpt.root), str(dst), shard, plan.options, self.threads)
             pending[self.executor.submit(_worker, *args)] = shard
         while pending:
             done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
@@ -279,13 +261,11 @@ class _Pool:
             for fut in done:
                 shard = pending.pop(fut)
                 try:
-                    status, a, b, c = fut.result()
+                    worker_peak, size, sha = fut.result()
                 except BrokenProcessPool:
                     raise self.died(dst, f"while converting {shard.name}") from None
-                if status == "error":
-                    raise CheckpointError(a, b, c)
-                peak = max(peak, a)
-                record(shard, b, c)
+                peak = max(peak, worker_peak)
+                record(shard, size, sha)
         _drain(self.queue, progress, sizes, started)
         self.executor.shutdown()
         return peak
@@ -296,51 +276,45 @@ class _Pool:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _warm_up(ckpt: Checkpoint, todo: list[ShardPlan], kind: str, options: dict[str, Any]) -> None:
+def _warm_up(ckpt: Checkpoint, todo: list[ShardPlan], options: Options) -> None:
     """Compile (or load) the kernels the workers will call, without running them.
 
     Forked workers inherit them ready; spawned ones find them in the disk cache (workers
     compiling the same numba cache at once have failed: "unexpected cycle in lookup"; the
     compile lock of :func:`ue8m0.kernels.set_compile_lock` covers the rest). Inputs are
-    read-only like the reader's memory maps, blocks are the plan's: the kernels' signatures.
+    writable like the reader's ``pread`` slabs, blocks are the plan's: the kernels' signatures.
     """
-    from ue8m0.checkpoint.safetensors import DTYPES
-
     seen = set()
     with kernels.compile_only():
         for shard in todo:
             for task in shard.tasks:
-                if task.action not in ("quantize", "dequantize", "requantize", "relayout"):
+                if task.action not in KERNEL_STEPS:
                     continue
                 info = ckpt.tensors[task.name]
                 key = (info.dtype, task.fmt, task.block)
                 if key in seen:
                     continue
                 seen.add(key)
-                _warm_task(DTYPES[info.dtype], task, kind, options)
+                _warm_task(DTYPES[info.dtype], task, options)
 
 
-def _warm_task(dtype: Any, task: Any, kind: str, options: dict[str, Any]) -> None:
+def _warm_task(dtype: Any, task: Task, options: Options) -> None:
     br, bc = tuple(task.block) if task.block else (1, 1)
     x = np.zeros((2 * br, 2 * bc), dtype)
-    x.flags.writeable = False  # the reader hands out read-only views
-    if kind == "quantize":
-        opts = {k: v for k, v in options.items() if k in _QUANT_KW}
-        quantize(x, block=(br, bc), **opts)
+    if isinstance(options, QuantizeOptions):
+        # the plain rule (the MSE search runs in numpy)
+        el = element_fmt(options.fmt)
+        quantize(x, (br, bc), el, options.scale_rule, options.eps, options.nonfinite)
         return
     el = element_fmt(str(task.fmt))
-    q = QuantizedTensor(x, np.ones((2, 2), np.float32), None, el, (br, bc), ScaleRule.FP32)
-    dequantize(q, ml_dtypes.bfloat16 if options.get("dtype") == "bf16" else np.float32)
-    if kind in ("requantize", "relayout"):
-        out_block = MX_BLOCK if options.get("to") == "mxfp8" else (br, bc)
+    q = QuantizedTensor.from_stored(x, np.ones((2, 2), np.float32), el, (br, bc))
+    as_bf16 = isinstance(options, DequantizeOptions) and options.dtype == "bf16"
+    dequantize(q, ml_dtypes.bfloat16 if as_bf16 else np.float32)
+    if isinstance(options, Fp8Options):
+        out_block = options.out_block((br, bc))
         x32 = np.zeros((2 * out_block[0], 2 * out_block[1]), np.float32)
-        opts = {k: v for k, v in options.items() if k in _RULE_KW}
-        dequantize(quantize(x32, out_block, el, **opts), np.float32)
-
-
-#: the plan options that are ``ue8m0.quantize`` keywords (an FP8 source keeps its own ``fmt``)
-_RULE_KW = ("scale_rule", "eps", "nonfinite")
-_QUANT_KW = ("fmt", *_RULE_KW)
+        q32 = quantize(x32, out_block, el, options.scale_rule, options.eps, options.nonfinite)
+        dequantize(q32, np.float32)
 
 
 def _drain(q: Any, progress: Progress, sizes: dict[str, int], started: set[str]) -> None:

@@ -13,25 +13,15 @@ from typing import Any
 import numpy as np
 
 from ue8m0.api import QuantizedTensor, dequantize
-from ue8m0.checkpoint.convert import COPY_BYTES, slabs
 from ue8m0.checkpoint.fp8source import Fp8Reader
-from ue8m0.checkpoint.layout import (
-    FMT_OF_TAG,
-    SCALE_TAGS,
-    config_block,
-    decode_scale,
-    element_fmt,
-    infer_block,
-    is_power_of_two,
-    is_scale_name,
-    module_of,
-    scale_candidates,
-)
+from ue8m0.checkpoint.pairs import Fp8Weight, pair_fp8_weights, read_scale
+from ue8m0.checkpoint.registry import FMT_OF_TAG, element_fmt, is_scale_name, module_of
 from ue8m0.checkpoint.safetensors import DTYPES, FLOAT_TAGS, FP8_TAGS
+from ue8m0.checkpoint.scales import is_power_of_two
+from ue8m0.checkpoint.slabs import COPY_BYTES, copy_pieces, slabs
 from ue8m0.checkpoint.source import Checkpoint, open_checkpoint
 from ue8m0.errors import CheckpointError
 from ue8m0.formats import decode_table
-from ue8m0.policies import ScaleRule
 from ue8m0.reference import expand_scale
 
 MAX_LISTED = 20
@@ -75,22 +65,6 @@ class Report:
         }
 
 
-@dataclass(frozen=True)
-class Pair:
-    """An FP8 weight and its scale."""
-
-    weight: str
-    scale: str
-    block: tuple[int, int]
-    fmt: str
-
-
-def _read_scale(ckpt: Checkpoint, name: str) -> np.ndarray:
-    info = ckpt.tensors[name]
-    with ckpt.open(ckpt.weight_map[name]) as f:
-        return decode_scale(f.read(name), info.dtype)
-
-
 def verify_checkpoint(path: str | Path, against: str | Path | None = None) -> Report:
     """Run every check on ``path``; with ``against``, compare to the source checkpoint."""
     structure = Check("index <-> shards complete and consistent")
@@ -115,39 +89,30 @@ def verify_checkpoint(path: str | Path, against: str | Path | None = None) -> Re
     return Report(str(path), checks)
 
 
-def _scale_checks(ckpt: Checkpoint) -> tuple[list[Pair], list[Check]]:
+def _scale_checks(ckpt: Checkpoint) -> tuple[list[Fp8Weight], list[Check]]:
     shapes = Check("every FP8 weight has a scale of the right shape and dtype")
     orphans = Check("no orphan scales")
-    declared = config_block(ckpt.config)
-    pairs: list[Pair] = []
-    used: set[str] = set()
-    for info in ckpt.tensors.values():
-        if info.dtype not in FP8_TAGS:
-            continue
-        scale = next((s for s in scale_candidates(info.name) if s in ckpt.tensors), None)
-        if scale is None:
-            shapes.fail(info.name, "no scale")
-            continue
-        used.add(scale)
-        sinfo = ckpt.tensors[scale]
-        block = infer_block(info.shape, sinfo.shape, declared)
-        if sinfo.dtype not in SCALE_TAGS:
-            shapes.fail(scale, f"dtype {sinfo.dtype}")
-        elif block is None or (declared is not None and block != declared):
+    found = pair_fp8_weights(ckpt)
+    for problem in found.problems:
+        shapes.fail(problem.tensor, problem.reason)
+    pairs: list[Fp8Weight] = []
+    for w in found.weights.values():
+        if found.declared is not None and w.block != found.declared:
+            sshape = list(ckpt.tensors[w.scale].shape)
+            wshape = list(ckpt.tensors[w.name].shape)
             shapes.fail(
-                scale,
-                f"shape {list(sinfo.shape)} does not fit {list(info.shape)} with block {declared}",
+                w.scale, f"shape {sshape} does not fit {wshape} with block {found.declared}"
             )
         else:
-            pairs.append(Pair(info.name, scale, block, FMT_OF_TAG[info.dtype]))
+            pairs.append(w)
     for name in ckpt.tensors:
-        if is_scale_name(name) and name not in used:
+        if is_scale_name(name) and name not in found.scales:
             orphans.fail(name, "no FP8 weight uses it")
     shapes.detail = f"{len(pairs)} FP8 weights"
     return pairs, [shapes, orphans]
 
 
-def _config_check(ckpt: Checkpoint, pairs: list[Pair]) -> Check:
+def _config_check(ckpt: Checkpoint, pairs: list[Fp8Weight]) -> Check:
     check = Check("config.json <-> tensors consistent")
     qc = (ckpt.config or {}).get("quantization_config")
     has_fp8 = any(t.dtype in FP8_TAGS for t in ckpt.tensors.values())
@@ -164,13 +129,13 @@ def _config_check(ckpt: Checkpoint, pairs: list[Pair]) -> Check:
         skip = [str(m) for m in qc.get("modules_to_not_convert") or qc.get("ignored_layers") or []]
         for pair in pairs:
             if fmt is not None and fmt != pair.fmt:
-                check.fail(pair.weight, f"dtype is {pair.fmt} but config fmt is {fmt}")
-            if module_of(pair.weight) in skip:
-                check.fail(pair.weight, "FP8 but listed in modules_to_not_convert")
+                check.fail(pair.name, f"dtype is {pair.fmt} but config fmt is {fmt}")
+            if module_of(pair.name) in skip:
+                check.fail(pair.name, "FP8 but listed in modules_to_not_convert")
     return check
 
 
-def _pow2_check(ckpt: Checkpoint, pairs: list[Pair]) -> Check:
+def _pow2_check(ckpt: Checkpoint, pairs: list[Fp8Weight]) -> Check:
     qc = (ckpt.config or {}).get("quantization_config") or {}
     ue8m0 = isinstance(qc, dict) and qc.get("scale_fmt") == "ue8m0"
     check = Check("scale_fmt ue8m0 => every scale an exact power of two")
@@ -178,17 +143,17 @@ def _pow2_check(ckpt: Checkpoint, pairs: list[Pair]) -> Check:
         check.detail = "not declared (skipped)"
         return check
     for pair in pairs:
-        bad = int(np.count_nonzero(~is_power_of_two(_read_scale(ckpt, pair.scale))))
+        bad = int(np.count_nonzero(~is_power_of_two(read_scale(ckpt, pair.scale))))
         if bad:
             check.fail(pair.scale, f"{bad} scales are not powers of two")
     check.detail = f"{len(pairs)} scale tensors"
     return check
 
 
-def _finite_check(ckpt: Checkpoint, pairs: list[Pair]) -> Check:
+def _finite_check(ckpt: Checkpoint, pairs: list[Fp8Weight]) -> Check:
     check = Check("no NaN/Inf in weights and scales")
     for pair in pairs:
-        if not np.isfinite(_read_scale(ckpt, pair.scale)).all():
+        if not np.isfinite(read_scale(ckpt, pair.scale)).all():
             check.fail(pair.scale, "non-finite scale")
     for shard in ckpt.shards:
         with ckpt.open(shard) as f:
@@ -200,8 +165,8 @@ def _finite_check(ckpt: Checkpoint, pairs: list[Pair]) -> Check:
                 else:
                     finite = None
                 step = COPY_BYTES // info.itemsize * info.itemsize
-                for start in range(0, info.nbytes, step):
-                    raw = f.read_bytes(info.name, start, min(info.nbytes, start + step))
+                for start, stop in copy_pieces(info.nbytes, step):
+                    raw = f.read_bytes(info.name, start, stop)
                     ok = (
                         finite[raw].all()
                         if finite is not None
@@ -213,16 +178,16 @@ def _finite_check(ckpt: Checkpoint, pairs: list[Pair]) -> Check:
     return check
 
 
-def _against_checks(ckpt: Checkpoint, pairs: list[Pair], src: Checkpoint) -> list[Check]:
+def _against_checks(ckpt: Checkpoint, pairs: list[Fp8Weight], src: Checkpoint) -> list[Check]:
     bound = Check("every dequantized block within the format's error bound of the source")
     kept = Check("high-precision tensors identical to the source")
-    names = {p.weight for p in pairs}
+    names = {p.name for p in pairs}
     worst = 0.0
     # an FP8 source is compared through its own dequantized (float32) values
     reader = Fp8Reader(src) if any(t.dtype in FP8_TAGS for t in src.tensors.values()) else None
     for pair in pairs:
-        if pair.weight not in src.tensors:
-            bound.fail(pair.weight, "not in the source")
+        if pair.name not in src.tensors:
+            bound.fail(pair.name, "not in the source")
             continue
         worst = max(worst, _compare_pair(ckpt, src, pair, bound, reader))
     for name, info in ckpt.tensors.items():
@@ -233,8 +198,7 @@ def _against_checks(ckpt: Checkpoint, pairs: list[Pair], src: Checkpoint) -> lis
             kept.fail(name, "missing from the source or different dtype/shape")
             continue
         with ckpt.open(ckpt.weight_map[name]) as a, src.open(src.weight_map[name]) as b:
-            for start in range(0, info.nbytes, COPY_BYTES):
-                stop = min(info.nbytes, start + COPY_BYTES)
+            for start, stop in copy_pieces(info.nbytes):
                 if not np.array_equal(
                     a.read_bytes(name, start, stop), b.read_bytes(name, start, stop)
                 ):
@@ -245,31 +209,31 @@ def _against_checks(ckpt: Checkpoint, pairs: list[Pair], src: Checkpoint) -> lis
 
 
 def _compare_pair(
-    ckpt: Checkpoint, src: Checkpoint, pair: Pair, check: Check, reader: Fp8Reader | None
+    ckpt: Checkpoint, src: Checkpoint, pair: Fp8Weight, check: Check, reader: Fp8Reader | None
 ) -> float:
     """Largest elementwise |dequantized - source| / bound over the tensor."""
     fmt = element_fmt(pair.fmt)
-    scale = _read_scale(ckpt, pair.scale)
+    scale = read_scale(ckpt, pair.scale)
     scale = scale.reshape(-1, *scale.shape[-2:])
-    info = ckpt.tensors[pair.weight]
-    if src.tensors[pair.weight].shape != info.shape:
-        check.fail(pair.weight, "shape differs from the source")
+    info = ckpt.tensors[pair.name]
+    if src.tensors[pair.name].shape != info.shape:
+        check.fail(pair.name, "shape differs from the source")
         return 0.0
     br = pair.block[0]
     worst = 0.0
-    with ckpt.open(ckpt.weight_map[pair.weight]) as q, src.open(src.weight_map[pair.weight]) as s:
+    with ckpt.open(ckpt.weight_map[pair.name]) as q, src.open(src.weight_map[pair.name]) as s:
         for lead, r0, r1 in slabs(info.shape, 4, br):
-            codes = q.read_rows(pair.weight, lead, r0, r1)
+            codes = q.read_rows(pair.name, lead, r0, r1)
             sc = scale[lead, r0 // br : -(-r1 // br)]
-            qt = QuantizedTensor(codes.view(fmt.dtype), sc, None, fmt, pair.block, ScaleRule.FP32)
+            qt = QuantizedTensor.from_stored(codes.view(fmt.dtype), sc, fmt, pair.block)
             deq = dequantize(qt, np.float32)
-            if reader is not None and pair.weight in reader.weights:
-                ref = reader.rows(s, pair.weight, lead, r0, r1)
+            if reader is not None and pair.name in reader.weights:
+                ref = reader.rows(s, pair.name, lead, r0, r1)
             else:
-                ref = s.read_rows(pair.weight, lead, r0, r1).astype(np.float32)
+                ref = s.read_rows(pair.name, lead, r0, r1).astype(np.float32)
             worst = max(worst, _ratio(deq, ref, expand_scale(sc, ref.shape, pair.block), fmt))
     if worst > 1.0:
-        check.fail(pair.weight, f"error {worst:.3g}x the bound")
+        check.fail(pair.name, f"error {worst:.3g}x the bound")
     return worst
 
 

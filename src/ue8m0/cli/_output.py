@@ -10,7 +10,8 @@ from typing import Any, TypeVar
 
 import click
 
-from ue8m0.checkpoint.runner import Progress
+from ue8m0.checkpoint.progress import Progress
+from ue8m0.policies import DEFAULT_EPS, ScaleSearch
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -47,8 +48,8 @@ def scale_search_option(func: F) -> F:
     """``--scale-search none|mse``."""
     return click.option(
         "--scale-search",
-        type=click.Choice(["none", "mse"]),
-        default="none",
+        type=click.Choice([s.value for s in ScaleSearch]),
+        default=ScaleSearch.NONE.value,
         show_default=True,
         help="mse: per block, the rule's exponent or the one below, whichever errs less.",
     )(func)
@@ -59,9 +60,9 @@ def eps_option(func: F) -> F:
     return click.option(
         "--eps",
         type=float,
-        default=1e-4,
+        default=DEFAULT_EPS,
         show_default=True,
-        help="Lower bound on each block's amax (DeepSeek, DeepGEMM: 1e-4).",
+        help=f"Lower bound on each block's amax (DeepSeek, DeepGEMM: {DEFAULT_EPS:g}).",
     )(func)
 
 

@@ -41,7 +41,9 @@ def minilm_path() -> Path:
 def run_pipeline(src: Path, out: Path, workers: int, quiet: bool, as_json: bool) -> dict[str, Any]:
     """quantize + verify + dequantize + compare for each scale rule; a JSON-able result."""
     from ue8m0.checkpoint.compare import compare_tensors, total_error
-    from ue8m0.checkpoint.plan import QuantizeOptions, plan_dequantize, plan_quantize
+    from ue8m0.checkpoint.options import QuantizeOptions
+    from ue8m0.checkpoint.plan_dequantize import plan_dequantize
+    from ue8m0.checkpoint.plan_quantize import plan_quantize
     from ue8m0.checkpoint.runner import run_plan
     from ue8m0.checkpoint.source import open_checkpoint
     from ue8m0.checkpoint.verify import verify_checkpoint

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ue8m0.checkpoint.options import DEQUANT_DTYPES
 from ue8m0.cli._output import echo_json, run_options, run_or_print_plan
 
 EXAMPLES = """
@@ -29,7 +30,7 @@ Removes quantization_config, writes format: pt metadata and a recomputed total_s
 @click.argument("dst", type=click.Path(path_type=Path))
 @click.option(
     "--dtype",
-    type=click.Choice(["bf16", "f32"]),
+    type=click.Choice(list(DEQUANT_DTYPES)),
     default="bf16",
     show_default=True,
     help="Output dtype of the dequantized weights.",
@@ -39,12 +40,13 @@ def dequantize(
     src: Path, dst: Path, dtype: str, dry_run: bool, workers: int, quiet: bool, as_json: bool
 ) -> None:
     """Dequantize an FP8 block-scaled checkpoint to a plain BF16 checkpoint."""
-    from ue8m0.checkpoint.plan import plan_dequantize
+    from ue8m0.checkpoint.options import DequantizeOptions
+    from ue8m0.checkpoint.plan_dequantize import plan_dequantize
     from ue8m0.checkpoint.source import check_destination, open_checkpoint
 
     ckpt = open_checkpoint(src)
     check_destination(src, dst)
-    plan = plan_dequantize(ckpt, dtype)
+    plan = plan_dequantize(ckpt, DequantizeOptions(dtype))
     result = run_or_print_plan(ckpt, plan, dst, dry_run, workers, quiet, as_json)
     if result is not None and as_json:
         echo_json({**result.summary(), "dst": str(dst)})

@@ -17,13 +17,11 @@ _Formatter = Callable[[BaseException], str]
 
 
 def _os_error(reason: str) -> _Formatter:
-    """``PATH: reason`` of an ``OSError`` (both paths of a rename; the OS's text without)."""
+    """``PATH: reason`` of an ``OSError`` (both paths of a rename; a ``write`` names none)."""
 
     def format_os_error(exc: BaseException) -> str:
         paths = [p for p in (getattr(exc, "filename", None), getattr(exc, "filename2", None)) if p]
-        if not paths:
-            return f"{reason} ({getattr(exc, 'strerror', None) or exc})"
-        return f"{' -> '.join(str(p) for p in paths)}: {reason}"
+        return f"{' -> '.join(str(p) for p in paths)}: {reason}" if paths else reason
 
     return format_os_error
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from ue8m0.checkpoint.registry import DEEPSEEK, FMTS, layout_names
+from ue8m0.checkpoint.scales import SCALE_DTYPES
 from ue8m0.cli._output import (
     echo_json,
     eps_option,
@@ -13,6 +15,7 @@ from ue8m0.cli._output import (
     run_or_print_plan,
     scale_search_option,
 )
+from ue8m0.policies import NonFinite, ScaleRule
 
 EXAMPLES = """
 \b
@@ -46,7 +49,7 @@ Rerunning into the same DST resumes; other parameters are refused.
 @click.argument("dst", type=click.Path(path_type=Path))
 @click.option(
     "--fmt",
-    type=click.Choice(["e4m3", "e5m2"]),
+    type=click.Choice(list(FMTS)),
     default="e4m3",
     show_default=True,
     help="FP8 element format.",
@@ -54,31 +57,33 @@ Rerunning into the same DST resumes; other parameters are refused.
 @click.option(
     "--format",
     "out_format",
-    type=click.Choice(["deepseek", "compressed-tensors", "mxfp8"]),
-    default="deepseek",
+    type=click.Choice(layout_names()),
+    default=DEEPSEEK.name,
     show_default=True,
     help="Output layout.",
 )
-@click.option("--block", default=None, help="Block shape ROWSxCOLS [128x128; 1x32 for mxfp8].")
+@click.option(
+    "--block", default=None, help="Block shape ROWSxCOLS [the layout's: 128x128; 1x32 for mxfp8]."
+)
 @click.option(
     "--scale-rule",
-    default="rceil",
+    default=ScaleRule.RCEIL.value,
     show_default=True,
-    type=click.Choice(["rceil", "log2", "floor", "ceil", "even", "fp32"]),
+    type=click.Choice(ScaleRule.names()),
     help="How a block's scale is chosen; fp32 = amax/max, not a power of two.",
 )
 @scale_search_option
 @click.option(
     "--scale-dtype",
-    type=click.Choice(["f32", "e8m0", "u8"]),
+    type=click.Choice(list(SCALE_DTYPES)),
     default=None,
-    help="Stored scale dtype (e8m0/u8: biased exponent bytes) [f32; u8 for mxfp8].",
+    help="Stored scale dtype (e8m0/u8: biased exponent bytes) [the layout's: f32; u8 for mxfp8].",
 )
 @eps_option
 @click.option(
     "--nonfinite",
-    type=click.Choice(["raise", "propagate"]),
-    default="raise",
+    type=click.Choice([n.value for n in NonFinite]),
+    default=NonFinite.RAISE.value,
     show_default=True,
     help="NaN/Inf weights: fail naming tensor and block, or keep them as NaN blocks.",
 )
@@ -120,22 +125,23 @@ def quantize(
     as_json: bool,
 ) -> None:
     """Quantize a safetensors checkpoint to FP8 with UE8M0 (or FP32) 128x128 block scales."""
-    from ue8m0.checkpoint.plan import QuantizeOptions, plan_quantize
+    from ue8m0.blocks import parse_block
+    from ue8m0.checkpoint.options import QuantizeOptions
+    from ue8m0.checkpoint.plan_quantize import plan_quantize
     from ue8m0.checkpoint.source import check_destination, open_checkpoint
 
-    mx = out_format == "mxfp8"
     opts = QuantizeOptions(
-        fmt,
-        block or ("1x32" if mx else "128x128"),  # type: ignore[arg-type]  # parsed by validated()
-        scale_rule,
-        scale_dtype or ("u8" if mx else "f32"),
-        eps,
-        nonfinite,
-        include,
-        exclude,
-        pad_partial,
-        out_format,
-        None if scale_search == "none" else scale_search,
+        fmt=fmt,
+        block=None if block is None else parse_block(block),
+        scale_rule=scale_rule,
+        scale_dtype=scale_dtype,
+        eps=eps,
+        nonfinite=nonfinite,
+        include=include,
+        exclude=exclude,
+        pad_partial=pad_partial,
+        layout=out_format,
+        scale_search=scale_search,
     ).validated()
     ckpt = open_checkpoint(src)
     check_destination(src, dst)

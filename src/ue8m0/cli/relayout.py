@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from ue8m0.checkpoint.options import RELAYOUT_SCALES
+from ue8m0.checkpoint.registry import MXFP8, layout_names
 from ue8m0.cli._output import eps_option, report_option, run_options
 from ue8m0.cli.requantize import run_fp8_command
 
@@ -33,15 +35,15 @@ are dequantized and requantized (lossy) and listed, with their error.
 @click.option(
     "--to",
     "to",
-    type=click.Choice(["mxfp8"]),
-    default="mxfp8",
+    type=click.Choice(layout_names(fixed_block=True)),
+    default=MXFP8.name,
     show_default=True,
     help="Target layout.",
 )
 @click.option(
     "--scales",
-    type=click.Choice(["canonical", "repeat"]),
-    default="canonical",
+    type=click.Choice(list(RELAYOUT_SCALES)),
+    default=RELAYOUT_SCALES[0],
     show_default=True,
     help="canonical: each group's own rceil scale; repeat: the source scale byte repeated.",
 )
@@ -61,7 +63,7 @@ def relayout(
     as_json: bool,
 ) -> None:
     """Relayout a UE8M0 block-scaled FP8 checkpoint to MXFP8 (lossless)."""
-    from ue8m0.checkpoint.requantize import Fp8Options
+    from ue8m0.checkpoint.options import Fp8Options
 
-    opts = Fp8Options(to, "rceil", "u8", eps, "raise", None, scales).validated()
+    opts = Fp8Options(layout=to, scale_dtype="u8", eps=eps, scales=scales).validated()
     run_fp8_command("relayout", src, dst, opts, report_path, dry_run, workers, quiet, as_json)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
+from ue8m0.checkpoint.registry import DEEPSEEK, layout_names
+from ue8m0.checkpoint.scales import SCALE_DTYPES
 from ue8m0.cli._output import (
     echo_json,
     eps_option,
@@ -15,6 +18,10 @@ from ue8m0.cli._output import (
     scale_search_option,
     table,
 )
+from ue8m0.policies import ScaleRule
+
+if TYPE_CHECKING:
+    from ue8m0.checkpoint.options import Fp8Options
 
 EXAMPLES = """
 \b
@@ -43,22 +50,22 @@ writes PATH.json and PATH.md). Rerunning into the same DST resumes.
 @click.option(
     "--format",
     "out_format",
-    type=click.Choice(["deepseek", "compressed-tensors"]),
-    default="deepseek",
+    type=click.Choice(layout_names(fixed_block=False)),
+    default=DEEPSEEK.name,
     show_default=True,
     help="Output layout.",
 )
 @click.option(
     "--scale-rule",
-    default="rceil",
+    default=ScaleRule.RCEIL.value,
     show_default=True,
-    type=click.Choice(["rceil", "log2", "floor", "ceil", "even"]),
+    type=click.Choice(ScaleRule.names(power_of_two_only=True)),
     help="Power-of-two rule for the new scales.",
 )
 @scale_search_option
 @click.option(
     "--scale-dtype",
-    type=click.Choice(["auto", "f32", "e8m0", "u8"]),
+    type=click.Choice(["auto", *SCALE_DTYPES]),
     default="auto",
     show_default=True,
     help="Stored scale dtype (e8m0/u8: biased exponent bytes; auto: the source's when the "
@@ -82,10 +89,14 @@ def requantize(
     as_json: bool,
 ) -> None:
     """Requantize an FP8 checkpoint with FP32 block scales to power-of-two (UE8M0) scales."""
-    from ue8m0.checkpoint.requantize import Fp8Options
+    from ue8m0.checkpoint.options import Fp8Options
 
     opts = Fp8Options(
-        out_format, scale_rule, scale_dtype, eps, "raise", scale_search, "canonical"
+        layout=out_format,
+        scale_rule=scale_rule,
+        scale_dtype=scale_dtype,
+        eps=eps,
+        scale_search=scale_search,
     ).validated()
     run_fp8_command("requantize", src, dst, opts, report_path, dry_run, workers, quiet, as_json)
 
@@ -94,7 +105,7 @@ def run_fp8_command(
     kind: str,
     src: Path,
     dst: Path,
-    opts: object,
+    opts: Fp8Options,
     report_path: Path | None,
     dry_run: bool,
     workers: int,
@@ -102,13 +113,13 @@ def run_fp8_command(
     as_json: bool,
 ) -> None:
     """Plan, run and report ``requantize`` / ``relayout``."""
+    from ue8m0.checkpoint.plan_fp8 import plan_fp8
     from ue8m0.checkpoint.requant_report import build_report, report_rows, total_line, write_report
-    from ue8m0.checkpoint.requantize import plan_fp8
     from ue8m0.checkpoint.source import check_destination, open_checkpoint
 
     ckpt = open_checkpoint(src)
     check_destination(src, dst)
-    plan = plan_fp8(ckpt, kind, opts)  # type: ignore[arg-type]
+    plan = plan_fp8(ckpt, kind, opts)
     result = run_or_print_plan(ckpt, plan, dst, dry_run, workers, quiet, as_json, detail=True)
     if result is None:
         return

@@ -50,7 +50,6 @@ invalidate_stale_cache(
     [dequantize_kernel, hopper_gemm_kernel, quantize_groups_kernel, quantize_kernel]
 )
 
-_RULE_IDS = {rule: i for i, rule in enumerate(ScaleRule)}
 _VIEWS = {
     np.dtype(ml_dtypes.bfloat16): np.uint16,
     np.dtype(np.float16): np.int16,  # a distinct integer type selects the float16 widening
@@ -175,7 +174,7 @@ def quantize(
         chunk = _chunk(x3.shape[0] * grid[-2], grid[-1], run, bc, n)
         # the scale rule and element format, the same trailing arguments for both kernels
         rule_args = (
-            _RULE_IDS[rule],
+            rule.kernel_id,
             np.float32(eps),
             np.float32(fmt.max),
             fmt.emax,

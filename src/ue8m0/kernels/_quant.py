@@ -25,9 +25,20 @@ from ue8m0.kernels._bits import (
     widen,
 )
 from ue8m0.kernels._tasks import next_task, prefetch_row, task_grid, task_span
+from ue8m0.policies import ScaleRule
 
-# rule ids, in the order of ScaleRule
-RCEIL, LOG2, FLOOR, CEIL, EVEN, FP32 = range(6)
+# rule ids as the kernels know them (compile-time constants derived from the enum)
+RCEIL, LOG2, FLOOR, CEIL, EVEN, FP32 = (
+    r.kernel_id
+    for r in (
+        ScaleRule.RCEIL,
+        ScaleRule.LOG2,
+        ScaleRule.FLOOR,
+        ScaleRule.CEIL,
+        ScaleRule.EVEN,
+        ScaleRule.FP32,
+    )
+)
 
 
 @njit(cache=True)

@@ -1,35 +1,27 @@
 """The tensors of a checkpoint the report can measure, in a stable order, read in row slabs.
 
-A checkpoint is one ``.safetensors`` file or a directory of them (sharded, with or without a
-``*.safetensors.index.json``). Tensors are read through the zero-copy safetensors reader one slab
-of rows at a time, so memory stays bounded by the slab, not the tensor.
+A checkpoint is opened with the same opener as every other command
+(:func:`ue8m0.checkpoint.source.open_checkpoint`: path, symlink and index checks, pickles
+refused), and FP8 weights are paired with their scales by the one pair finder
+(:mod:`ue8m0.checkpoint.pairs`). Tensors are read through the zero-copy safetensors reader one
+slab of rows at a time, so memory stays bounded by the slab, not the tensor.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ue8m0.checkpoint.safetensors import SafetensorsFile
+from ue8m0.checkpoint.fp8source import Fp8Reader
+from ue8m0.checkpoint.registry import is_scale_name
+from ue8m0.checkpoint.safetensors import FLOAT_TAGS, FP8_TAGS, SafetensorsFile
+from ue8m0.checkpoint.source import open_checkpoint
 from ue8m0.errors import CheckpointError
-
-if TYPE_CHECKING:
-    from ue8m0.checkpoint.fp8source import Fp8Reader
-
-#: dtypes measured as they are
-FLOAT_TAGS = ("F32", "F16", "BF16")
-#: FP8 element dtypes: measured as their dequantized values (float32 ``decode * scale``, any
-#: layout the checkpoint package reads); skipped with the reason when their scale is unusable
-FP8_TAGS = ("F8_E4M3", "F8_E5M2")
-#: name suffixes of the scales that travel with FP8 weights
-SCALE_SUFFIXES = ("_scale_inv", ".weight_scale", "_scale")
 
 
 @dataclass(frozen=True)
@@ -44,49 +36,22 @@ class TensorRef:
     checkpoint: Path | None = None
 
 
-def shard_paths(src: str | Path) -> list[Path]:
-    """The safetensors files of ``src`` (a file, or a directory with or without an index)."""
-    src = Path(src)
-    if not src.exists():
-        raise CheckpointError(src, "no such file or directory")
-    if src.is_file():
-        if src.suffix != ".safetensors":
-            raise CheckpointError(src, "not a .safetensors file")
-        return [src]
-    indexes = sorted(src.glob("*.safetensors.index.json"))
-    if indexes:
-        try:
-            weight_map = json.loads(indexes[0].read_text(encoding="utf-8"))["weight_map"]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(indexes[0], f"unreadable index ({exc})") from None
-        names = sorted({str(v) for v in weight_map.values()})
-        for name in names:
-            if Path(name).is_absolute() or ".." in Path(name).parts:
-                raise CheckpointError(indexes[0], f"shard {name!r} points outside the checkpoint")
-        return [src / n for n in names]
-    shards = sorted(src.glob("*.safetensors"))
-    if not shards:
-        raise CheckpointError(src, "no .safetensors files in this directory")
-    return shards
-
-
 def list_tensors(
     src: str | Path, include: tuple[str, ...] = ()
 ) -> tuple[list[TensorRef], dict[str, str]]:
     """``(measurable tensors, {skipped name: reason})`` of ``src`` in shard and header order.
 
-    ``include`` are glob patterns on tensor names (all tensors when empty).
+    ``include`` are glob patterns on tensor names (all tensors when empty). FP8 tensors are
+    measured as their dequantized values (float32 ``decode * scale``), or skipped with the
+    reason when their scale is unusable.
     """
+    ckpt = open_checkpoint(src)
+    has_fp8 = any(t.dtype in FP8_TAGS for t in ckpt.tensors.values())
+    fp8_error = _fp8_problem(str(src)) if has_fp8 else ""
     measured: list[TensorRef] = []
     skipped: dict[str, str] = {}
-    fp8_error: str | None = None
-    for shard in shard_paths(src):
-        with SafetensorsFile(shard) as st:
-            infos = [st.tensors[n] for n in st.keys()]
-        has_fp8 = any(t.dtype in FP8_TAGS for t in infos)
-        if has_fp8 and fp8_error is None:
-            fp8_error = _fp8_problem(src)
-        for info in infos:
+    for shard in ckpt.shards:
+        for info in ckpt.shard_tensors(shard):
             if include and not any(fnmatch.fnmatchcase(info.name, p) for p in include):
                 continue
             reason = _skip_reason(info.name, info.dtype, info.shape, has_fp8)
@@ -96,22 +61,19 @@ def list_tensors(
                 skipped[info.name] = reason
             else:
                 fp8 = Path(src) if info.dtype in FP8_TAGS else None
-                measured.append(TensorRef(info.name, shard, info.dtype, info.shape, fp8))
+                measured.append(TensorRef(info.name, ckpt.path(shard), info.dtype, info.shape, fp8))
     return measured, skipped
 
 
 @lru_cache(maxsize=2)
 def _fp8_reader(src: str) -> Fp8Reader:
-    from ue8m0.checkpoint.fp8source import Fp8Reader
-    from ue8m0.checkpoint.source import open_checkpoint
-
     return Fp8Reader(open_checkpoint(src))
 
 
-def _fp8_problem(src: str | Path) -> str:
+def _fp8_problem(src: str) -> str:
     """Why the FP8 weights of ``src`` cannot be dequantized ('' when they can)."""
     try:
-        _fp8_reader(str(src))
+        _fp8_reader(src)
     except CheckpointError as exc:
         return str(exc)
     return ""
@@ -120,7 +82,7 @@ def _fp8_problem(src: str | Path) -> str:
 def _skip_reason(name: str, dtype: str, shape: tuple[int, ...], has_fp8: bool) -> str | None:
     if dtype in FP8_TAGS:
         return "fewer than 2 dims" if len(shape) < 2 else None
-    if has_fp8 and name.endswith(SCALE_SUFFIXES):
+    if has_fp8 and is_scale_name(name):
         return "scale of an FP8 tensor"
     if dtype not in FLOAT_TAGS:
         return f"not a float tensor ({dtype})"

@@ -1,46 +1,36 @@
-"""Execute ``requantize`` / ``relayout`` tasks of a shard (called by ``convert.convert_shard``).
-
-Each FP8 weight is processed in slabs of whole source block-rows: the slab is dequantized in
-float32, requantized (or relaid out) and written; the new scales are written at the end of the
-tensor. Per-tensor error sums are returned for the report.
-"""
+"""The ``requantize`` and ``relayout`` steps: an FP8 weight with its stored scale -> the output
+layout, slab by slab of whole source block-rows. Each slab is dequantized in float32,
+requantized (or relaid out) and written; the new scales are written at the end of the tensor.
+Each returns the tensor's error sums for the report."""
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ue8m0.api import QuantizedTensor, dequantize, quantize
-from ue8m0.checkpoint.fp8source import Fp8Weight, dequantize_rows, load_scale
-from ue8m0.checkpoint.layout import MX_BLOCK, element_fmt, encode_scale, ue8m0_codes
+from ue8m0.checkpoint.fp8source import dequantize_rows
+from ue8m0.checkpoint.options import Fp8Options
+from ue8m0.checkpoint.pairs import load_scale
 from ue8m0.checkpoint.plan import Task
-from ue8m0.checkpoint.requantize import STATS_DIR, Fp8Options
-from ue8m0.checkpoint.safetensors import SafetensorsFile
-from ue8m0.checkpoint.writer import SafetensorsWriter, write_json_atomic
+from ue8m0.checkpoint.registry import element_fmt
+from ue8m0.checkpoint.scales import encode_scale, ue8m0_codes
+from ue8m0.checkpoint.slabs import slabs
+from ue8m0.checkpoint.steps.context import StepContext, task_weight
 from ue8m0.errors import CheckpointError, NonFiniteError
 from ue8m0.layouts import mx_relayout
 from ue8m0.metrics import ErrorStats, expand_blocks, saturated_mask
 from ue8m0.search import refine_mse
 
-Progress = Callable[[int], None]
+#: 8 bytes per element: the float64 error sums dominate a slab's temporaries
+_STAT_ITEMSIZE = 8
 
 
-def _weight(src: SafetensorsFile, task: Task) -> Fp8Weight:
-    assert task.scale and task.scale_shard and task.block and task.fmt
-    info = src.info(task.name)
-    return Fp8Weight(task.name, task.scale, task.scale_shard, info.dtype, task.block, task.fmt)
-
-
-def _slabs(shape: tuple[int, ...], block_rows: int) -> Any:
-    from ue8m0.checkpoint.convert import slabs
-
-    # 8 bytes per element: the float64 error sums dominate the temporaries
-    return slabs(shape, 8, block_rows)
+def _fp8_options(ctx: StepContext) -> Fp8Options:
+    assert isinstance(ctx.options, Fp8Options)
+    return ctx.options
 
 
 def _requantize_slab(
@@ -71,20 +61,13 @@ def _keep_source_blocks(
     return QuantizedTensor(data, scale, scale_codes, q.fmt, q.block, q.scale_rule)
 
 
-def requantize_task(
-    src: SafetensorsFile,
-    src_root: Path,
-    out: SafetensorsWriter,
-    task: Task,
-    opts: Fp8Options,
-    tick: Progress,
-    threads: int | None,
-) -> dict[str, Any]:
-    """Requantize one FP8 weight (to its own block, or to 1x32 for MXFP8); error sums."""
-    w = _weight(src, task)
-    info = src.info(task.name)
-    scale = load_scale(src_root, w)
-    out_block = MX_BLOCK if opts.to == "mxfp8" else w.block
+def requantize_step(ctx: StepContext, task: Task) -> dict[str, Any]:
+    """Requantize one FP8 weight (to its own block, or the layout's fixed block); error sums."""
+    opts = _fp8_options(ctx)
+    w = task_weight(ctx, task)
+    info = ctx.src.info(task.name)
+    scale = load_scale(ctx.src_root, w, ctx.src)
+    out_block = opts.out_block(w.block)
     copy = out_block == w.block
     grid = task.outputs[1].shape
     scales = np.empty((math.prod(grid[:-2]), *grid[-2:]), np.float32)
@@ -93,15 +76,15 @@ def requantize_task(
     base_err = search_err = 0.0
     lowered = 0
     br = w.block[0]
-    for lead, r0, r1 in _slabs(info.shape, br):
-        raw = src.read_rows(task.name, lead, r0, r1)
+    for lead, r0, r1 in slabs(info.shape, _STAT_ITEMSIZE, br):
+        raw = ctx.src.read_rows(task.name, lead, r0, r1)
         s = scale[lead, r0 // br : -(-r1 // br)]
-        x = dequantize_rows(raw, scale[lead], w.block, w.fmt, r0, threads)
+        x = dequantize_rows(raw, scale[lead], w.block, w.fmt, r0, ctx.threads)
         try:
-            q, base = _requantize_slab(x, out_block, opts, w.fmt, threads)
+            q, base = _requantize_slab(x, out_block, opts, w.fmt, ctx.threads)
         except NonFiniteError as exc:
             raise CheckpointError(
-                src.path, f"non-finite value {exc.value} in block {exc.block}", task.name
+                ctx.src.path, f"non-finite value {exc.value} in block {exc.block}", task.name
             ) from None
         if copy:
             mask, scodes = ue8m0_codes(s)
@@ -109,20 +92,20 @@ def requantize_task(
             q = _keep_source_blocks(q, raw, s, mask, scodes)
             if base is not None:
                 base = _keep_source_blocks(base, raw, s, mask, scodes)
-        approx = dequantize(q, np.float32, threads=threads)
+        approx = dequantize(q, np.float32, threads=ctx.threads)
         stats.update(x, approx, saturated_mask(x, q))
         if base is not None:
-            base_err += _sse(dequantize(base, np.float32, threads=threads), x)
+            base_err += _sse(dequantize(base, np.float32, threads=ctx.threads), x)
             search_err += _sse(approx, x)
             assert base.scale_codes is not None and q.scale_codes is not None
             lowered += int(np.count_nonzero(base.scale_codes != q.scale_codes))
-        out.write(task.name, q.codes)
+        ctx.out.write(task.name, q.codes)
         g0, g1 = r0 // out_block[0], r0 // out_block[0] + q.scale.shape[-2]
         scales[lead, g0:g1] = q.scale
         assert q.scale_codes is not None
         codes[lead, g0:g1] = q.scale_codes
-        tick(raw.nbytes)
-    out.write(task.outputs[1].name, encode_scale(scales, codes, task.outputs[1].dtype))
+        ctx.tick(raw.nbytes)
+    ctx.out.write(task.outputs[1].name, encode_scale(scales, codes, task.outputs[1].dtype))
     result = stats.result()
     row: dict[str, Any] = {
         "name": task.name,
@@ -142,48 +125,43 @@ def requantize_task(
     return row
 
 
-def relayout_task(
-    src: SafetensorsFile,
-    src_root: Path,
-    out: SafetensorsWriter,
-    task: Task,
-    opts: Fp8Options,
-    tick: Progress,
-    threads: int | None,
-) -> dict[str, Any]:
-    """Lossless 1x32 relayout of a weight with power-of-two scales (checked value by value)."""
-    w = _weight(src, task)
-    info = src.info(task.name)
-    scale = load_scale(src_root, w)
+def relayout_step(ctx: StepContext, task: Task) -> dict[str, Any]:
+    """Lossless relayout to the layout's fixed groups of a weight with power-of-two scales
+    (checked value by value)."""
+    opts = _fp8_options(ctx)
+    w = task_weight(ctx, task)
+    info = ctx.src.info(task.name)
+    scale = load_scale(ctx.src_root, w, ctx.src)
+    out_block = opts.out_block(w.block)
     grid = task.outputs[1].shape
     codes = np.empty((math.prod(grid[:-2]), *grid[-2:]), np.uint8)
     el = element_fmt(w.fmt)
     br = w.block[0]
     eps_fallbacks, ref_sq = 0, 0.0
-    for lead, r0, r1 in _slabs(info.shape, br):
-        raw = src.read_rows(task.name, lead, r0, r1)
+    for lead, r0, r1 in slabs(info.shape, _STAT_ITEMSIZE, br):
+        raw = ctx.src.read_rows(task.name, lead, r0, r1)
         s = scale[lead, r0 // br : -(-r1 // br)]
-        x = dequantize_rows(raw, scale[lead], w.block, w.fmt, r0, threads)
+        x = dequantize_rows(raw, scale[lead], w.block, w.fmt, r0, ctx.threads)
         ref_sq += float(np.sum(np.square(x, dtype=np.float64)))
         if opts.scales == "repeat":
             _, sc = ue8m0_codes(s)
-            out.write(task.name, raw)
-            codes[lead, r0:r1] = mx_relayout(sc, raw.shape, block=w.block, group=MX_BLOCK[1])
+            ctx.out.write(task.name, raw)
+            codes[lead, r0:r1] = mx_relayout(sc, raw.shape, block=w.block, group=out_block[1])
         else:
-            q = quantize(x, MX_BLOCK, el, "rceil", opts.eps, threads=threads)
-            if not _same_values(q, x, threads):
+            q = quantize(x, out_block, el, "rceil", opts.eps, threads=ctx.threads)
+            if not _same_values(q, x, ctx.threads):
                 # a tiny group's eps-raised scale would round it: the exact scale instead
                 eps_fallbacks += 1
-                q = quantize(x, MX_BLOCK, el, "rceil", 0.0, threads=threads)
-                if not _same_values(q, x, threads):
+                q = quantize(x, out_block, el, "rceil", 0.0, threads=ctx.threads)
+                if not _same_values(q, x, ctx.threads):
                     raise CheckpointError(
-                        src.path, f"relayout of rows {r0}:{r1} would not be lossless", task.name
+                        ctx.src.path, f"relayout of rows {r0}:{r1} would not be lossless", task.name
                     )
             assert q.scale_codes is not None
-            out.write(task.name, q.codes)
+            ctx.out.write(task.name, q.codes)
             codes[lead, r0:r1] = q.scale_codes
-        tick(raw.nbytes)
-    out.write(task.outputs[1].name, codes.reshape(grid))
+        ctx.tick(raw.nbytes)
+    ctx.out.write(task.outputs[1].name, codes.reshape(grid))
     return {
         "name": task.name,
         "shape": list(info.shape),
@@ -207,19 +185,3 @@ def _sse(approx: np.ndarray, x: np.ndarray) -> float:
 
 def _same_values(q: QuantizedTensor, x: np.ndarray, threads: int | None) -> bool:
     return bool(np.array_equal(dequantize(q, np.float32, threads=threads), x))
-
-
-def write_stats(dst_root: Path, shard: str, rows: list[dict[str, Any]]) -> None:
-    """The per-tensor metrics of one output shard, next to it (hidden, read by the report)."""
-    path = dst_root / STATS_DIR / (shard.replace("/", "__") + ".json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, rows)
-
-
-def read_stats(dst_root: Path, shards: list[str]) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    for shard in shards:
-        path = dst_root / STATS_DIR / (shard.replace("/", "__") + ".json")
-        if path.is_file():
-            rows.extend(json.loads(path.read_text(encoding="utf-8")))
-    return rows

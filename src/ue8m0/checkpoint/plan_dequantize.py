@@ -1,0 +1,46 @@
+"""Planning ``ue8m0 dequantize``: every FP8 weight with its scale (any shard, any registered
+layout) back to BF16 or F32; its scale is dropped, everything else copied."""
+
+from __future__ import annotations
+
+from ue8m0.checkpoint.options import DEQUANT_DTYPES, DequantizeOptions
+from ue8m0.checkpoint.pairs import find_fp8_weights
+from ue8m0.checkpoint.plan import Plan, ShardPlan, Task, copy_task
+from ue8m0.checkpoint.source import Checkpoint
+from ue8m0.checkpoint.writer import OutSpec
+
+
+def plan_dequantize(ckpt: Checkpoint, opts: DequantizeOptions | None = None) -> Plan:
+    """Plan ``ue8m0 dequantize`` (default: BF16)."""
+    opts = (opts or DequantizeOptions()).validated()
+    out_tag = DEQUANT_DTYPES[opts.dtype]
+    consumed: dict[str, str] = {}
+    found: dict[str, Task] = {}
+    for w in find_fp8_weights(ckpt).values():
+        info = ckpt.tensors[w.name]
+        consumed[w.scale] = w.name
+        found[w.name] = Task(
+            w.name,
+            "dequantize",
+            f"{w.scale_dtype} scale {w.scale}",
+            (OutSpec(w.name, out_tag, info.shape),),
+            w.scale,
+            w.scale_shard,
+            w.block,
+            w.fmt,
+        )
+    shards = []
+    for shard in ckpt.shards:
+        tasks = []
+        for info in ckpt.shard_tensors(shard):
+            if info.name in found:
+                tasks.append(found[info.name])
+            elif info.name in consumed:
+                tasks.append(Task(info.name, "drop", f"scale of {consumed[info.name]}"))
+            else:
+                tasks.append(copy_task(info, "not FP8"))
+        shards.append(ShardPlan(shard, tasks, ckpt.shard_bytes(shard)))
+    config = None
+    if ckpt.config is not None:
+        config = {k: v for k, v in ckpt.config.items() if k != "quantization_config"}
+    return Plan("dequantize", shards, config, opts)

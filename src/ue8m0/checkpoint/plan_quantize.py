@@ -1,0 +1,84 @@
+"""Planning ``ue8m0 quantize``: which tensors become FP8 + scale in the output layout, which
+are copied, and the ``quantization_config`` the layout writes."""
+
+from __future__ import annotations
+
+import re
+
+from ue8m0.checkpoint.options import QuantizeOptions
+from ue8m0.checkpoint.plan import Plan, ShardPlan, Task, copy_task
+from ue8m0.checkpoint.registry import FMTS, module_of
+from ue8m0.checkpoint.safetensors import FLOAT_TAGS, FP8_TAGS, TensorInfo
+from ue8m0.checkpoint.scales import SCALE_DTYPES, scale_grid
+from ue8m0.checkpoint.source import Checkpoint
+from ue8m0.checkpoint.writer import OutSpec
+from ue8m0.errors import CheckpointError
+
+
+def _quantize_decision(info: TensorInfo, opts: QuantizeOptions) -> str | None:
+    """None when ``info`` is converted, else the reason it is kept."""
+    name = info.name
+    if opts.exclude and any(re.search(r, name) for r in opts.exclude):
+        return "--exclude"
+    if opts.include and not any(re.search(r, name) for r in opts.include):
+        return "not matched by --include"
+    if info.dtype not in FLOAT_TAGS:
+        return f"dtype {info.dtype}"
+    if not name.endswith(".weight"):
+        return "not a weight"
+    if len(info.shape) not in (2, 3):
+        return f"{len(info.shape)}-D"
+    if not opts.include:
+        reason = opts.out_layout.keep_reason(name)
+        if reason is not None:
+            return reason
+    if 0 in info.shape:
+        return "empty"
+    assert opts.block is not None
+    br, bc = opts.block
+    if not opts.pad_partial and (info.shape[-2] % br or info.shape[-1] % bc):
+        return f"dims {info.shape[-2:]} not multiples of the block (use --pad-partial)"
+    return None
+
+
+def plan_quantize(ckpt: Checkpoint, opts: QuantizeOptions) -> Plan:
+    """Plan ``ue8m0 quantize`` with validated ``opts``."""
+    fp8 = [t.name for t in ckpt.tensors.values() if t.dtype in FP8_TAGS]
+    if fp8:
+        raise CheckpointError(
+            ckpt.path(ckpt.weight_map[fp8[0]]), "already FP8: dequantize it first", fp8[0]
+        )
+    layout = opts.out_layout
+    assert opts.block is not None and opts.scale_dtype is not None, "validated options"
+    el_tag = FMTS[opts.fmt][1]
+    scale_tag = SCALE_DTYPES[opts.scale_dtype]
+    shards, kept_modules = [], []
+    for shard in ckpt.shards:
+        tasks = []
+        for info in ckpt.shard_tensors(shard):
+            reason = _quantize_decision(info, opts)
+            if reason is None:
+                outs = (
+                    OutSpec(info.name, el_tag, info.shape),
+                    OutSpec(
+                        layout.scale_name(info.name),
+                        scale_tag,
+                        scale_grid(info.shape, opts.block),
+                    ),
+                )
+                tasks.append(Task(info.name, "quantize", "", outs, block=opts.block, fmt=opts.fmt))
+            else:
+                if info.name.endswith(".weight") and len(info.shape) >= 2:
+                    kept_modules.append(module_of(info.name))
+                tasks.append(copy_task(info, reason))
+        shards.append(ShardPlan(shard, tasks, ckpt.shard_bytes(shard)))
+    config = None
+    if ckpt.config is not None:
+        config = dict(ckpt.config)
+        config["quantization_config"] = layout.quant_config(
+            opts.fmt, opts.block, opts.scale_rule != "fp32", sorted(set(kept_modules))
+        )
+    plan = Plan("quantize", shards, config, opts)
+    if not any(t.action == "quantize" for t in plan.tasks):
+        plan.notes.append("no tensor is converted (check --include/--exclude and the block)")
+    return plan

@@ -1,0 +1,296 @@
+"""The registry of on-disk FP8 checkpoint layouts: one frozen :class:`Layout` per layout.
+
+A layout says how a weight's scale is named, which scale dtypes and element formats it stores,
+its block, how its ``quantization_config`` is written and recognised, what it keeps in high
+precision and how elements are stored. Commands look a layout up by name (:func:`get_layout`);
+``inspect`` and ``verify`` detect one by asking each entry (:func:`detect_layout`). Adding a
+layout is one entry here plus its tests.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ue8m0.checkpoint.scales import SCALE_DTYPES
+from ue8m0.errors import OptionError
+from ue8m0.formats import ElementFormat, element_format
+
+#: ``fmt`` option -> (element format name, safetensors tag)
+FMTS: dict[str, tuple[str, str]] = {
+    "e4m3": ("float8_e4m3fn", "F8_E4M3"),
+    "e5m2": ("float8_e5m2", "F8_E5M2"),
+}
+#: safetensors tag of an FP8 weight -> ``fmt`` name
+FMT_OF_TAG = {tag: name for name, (_, tag) in FMTS.items()}
+
+#: the MX group: one scale per 32 elements of a row
+MX_BLOCK = (1, 32)
+#: the DeepSeek / DeepGEMM weight block
+DEFAULT_BLOCK = (128, 128)
+
+#: (pattern, reason) of tensors kept in high precision by default (slime/miles/DeepSeek list)
+DEFAULT_KEEP: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"embed|wte\.|wpe\.", re.I), "embedding"),
+    (re.compile(r"(^|\.)lm_head\.|shared_head\.head\.|(^|\.)output\.weight$"), "output head"),
+    (re.compile(r"norm|(^|\.)ln_", re.I), "norm"),
+    (
+        re.compile(r"(^|\.)(mlp|ffn|block_sparse_moe)\.gate\.|router|e_score_correction_bias"),
+        "MoE router",
+    ),
+    (re.compile(r"eh_proj|weights_proj"), "kept by DeepSeek converters"),
+)
+
+
+def element_fmt(name: str) -> ElementFormat:
+    """The element format of a ``fmt`` option name."""
+    if name not in FMTS:
+        raise OptionError("fmt", f"unknown format {name!r}; known: {', '.join(FMTS)}")
+    return element_format(FMTS[name][0])
+
+
+def module_of(name: str) -> str:
+    """``a.b.weight`` -> ``a.b``."""
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+ConfigWriter = Callable[["Layout", str, tuple[int, int], bool, list[str]], dict[str, Any]]
+
+
+def _fp8_config(
+    layout: Layout, fmt: str, block: tuple[int, int], ue8m0: bool, not_converted: list[str]
+) -> dict[str, Any]:
+    """The DeepSeek-V3.1 ``quantization_config`` (``quant_method fp8``) that transformers, vLLM
+    and SGLang read; MXFP8 is the same shape with ``quant_method mxfp8`` and 1x32 blocks (as
+    SGLang reads it and miles' ``convert_hf_to_mxfp8`` writes it)."""
+    config: dict[str, Any] = {
+        "quant_method": layout.quant_method,
+        "fmt": fmt,
+        "activation_scheme": "dynamic",
+        "weight_block_size": [block[0], block[1]],
+    }
+    if ue8m0:
+        config["scale_fmt"] = "ue8m0"
+    config["modules_to_not_convert"] = not_converted
+    return config
+
+
+def _ct_config(
+    layout: Layout, fmt: str, block: tuple[int, int], ue8m0: bool, not_converted: list[str]
+) -> dict[str, Any]:
+    """The compressed-tensors ``float-quantized`` block config (llm-compressor's FP8_BLOCK):
+    one group targeting ``Linear``, weights ``strategy: block`` with ``block_structure``, dynamic
+    per-group-of-128 activations; ``ignore`` lists the modules kept in high precision."""
+    return {
+        "quant_method": layout.quant_method,
+        "format": "float-quantized",
+        "quantization_status": "compressed",
+        "config_groups": {
+            "group_0": {
+                "targets": ["Linear"],
+                "format": "float-quantized",
+                "weights": {
+                    "num_bits": 8,
+                    "type": "float",
+                    "strategy": "block",
+                    "block_structure": [block[0], block[1]],
+                    "symmetric": True,
+                    "dynamic": False,
+                },
+                "input_activations": {
+                    "num_bits": 8,
+                    "type": "float",
+                    "strategy": "group",
+                    "group_size": 128,
+                    "symmetric": True,
+                    "dynamic": True,
+                },
+            }
+        },
+        "ignore": not_converted,
+    }
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One on-disk layout of FP8 block-scaled weights."""
+
+    #: the name commands take (``--format``, ``--to``)
+    name: str
+    #: what ``inspect`` calls it
+    title: str
+    #: ``quantization_config.quant_method``
+    quant_method: str
+    #: a weight ``M.weight``'s scale is ``M.weight`` + suffix, or ``M`` + suffix when
+    #: :attr:`scale_of_module`
+    scale_suffix: str
+    scale_of_module: bool = False
+    #: ``scale_dtype`` names it can store; the first is its default
+    scale_dtypes: tuple[str, ...] = ("f32",)
+    #: element formats (``fmt`` names) it can store
+    fmts: tuple[str, ...] = tuple(FMTS)
+    #: its default block; with :attr:`fixed_block` the only one
+    block: tuple[int, int] = DEFAULT_BLOCK
+    fixed_block: bool = False
+    #: its scales must be powers of two (no ``fp32`` rule)
+    power_of_two: bool = False
+    #: ``requantize --scale-dtype auto`` keeps a source's stored scale dtype when it can
+    keeps_source_scale_dtype: bool = False
+    #: recognised by its ``quant_method`` alone (the method names no other layout)
+    method_is_unique: bool = False
+    #: converters write it (read-only layouts are only read, inspected and verified)
+    writable: bool = True
+    #: how ``quantization_config`` is written
+    config_writer: ConfigWriter = _fp8_config
+    #: tensors kept in high precision by default: (pattern, reason)
+    keep: tuple[tuple[re.Pattern[str], str], ...] = DEFAULT_KEEP
+    #: how elements are stored
+    elements: str = "one FP8 code per byte (F8_E4M3 / F8_E5M2)"
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def default_scale_dtype(self) -> str:
+        return self.scale_dtypes[0]
+
+    def scale_name(self, weight: str) -> str:
+        """The name this layout gives ``weight``'s scale."""
+        if self.scale_of_module:
+            return module_of(weight) + self.scale_suffix if weight.endswith(".weight") else ""
+        return weight + self.scale_suffix
+
+    def is_scale_name(self, name: str) -> bool:
+        return name.endswith((".weight" if not self.scale_of_module else "") + self.scale_suffix)
+
+    def keep_reason(self, name: str) -> str | None:
+        """Why ``name`` stays high precision by default in this layout, or None."""
+        for pattern, reason in self.keep:
+            if pattern.search(name):
+                return reason
+        return None
+
+    def quant_config(
+        self, fmt: str, block: tuple[int, int], ue8m0: bool, not_converted: list[str]
+    ) -> dict[str, Any]:
+        """The ``quantization_config`` this layout writes into ``config.json``."""
+        return self.config_writer(self, fmt, block, ue8m0, not_converted)
+
+    def check(self, fmt: str, scale_dtype: str, block: tuple[int, int], power_of_two: bool) -> None:
+        """Refuse options this layout (and so its loaders) cannot store."""
+        if not self.writable:
+            raise OptionError("layout", f"{self.name} is read, not written, by ue8m0")
+        if fmt not in self.fmts:
+            raise OptionError("fmt", f"{self.title} stores {'/'.join(self.fmts)} only, not {fmt}")
+        if scale_dtype not in SCALE_DTYPES:
+            raise OptionError("scale_dtype", f"unknown {scale_dtype!r}")
+        if scale_dtype not in self.scale_dtypes:
+            raise OptionError(
+                "scale_dtype",
+                f"{self.title} stores {'/'.join(self.scale_dtypes)} scales, not {scale_dtype}",
+            )
+        if self.fixed_block and block != self.block:
+            raise OptionError(
+                "block",
+                f"{self.title} groups are {self.block[0]}x{self.block[1]}, "
+                f"not {block[0]}x{block[1]}",
+            )
+        if self.power_of_two and not power_of_two:
+            raise OptionError("scale_rule", f"{self.title} scales are powers of two: not fp32")
+
+    def recognises(
+        self, quant_method: object, scale_names: Iterable[str], blocks: set[tuple[int, int]]
+    ) -> bool:
+        """Whether a checkpoint with this config method, these scale tensors and blocks is in
+        this layout."""
+        if self.fixed_block and blocks != {self.block}:
+            return False
+        if self.method_is_unique and quant_method == self.quant_method:
+            return True
+        return any(self.is_scale_name(n) for n in scale_names)
+
+
+DEEPSEEK = Layout(
+    name="deepseek",
+    title="DeepSeek FP8 block (weight_scale_inv)",
+    quant_method="fp8",
+    scale_suffix="_scale_inv",
+    scale_dtypes=("f32", "e8m0", "u8"),
+    keeps_source_scale_dtype=True,
+)
+COMPRESSED_TENSORS = Layout(
+    name="compressed-tensors",
+    title="compressed-tensors FP8 block",
+    quant_method="compressed-tensors",
+    scale_suffix="_scale",
+    fmts=("e4m3",),
+    method_is_unique=True,
+    config_writer=_ct_config,
+)
+MXFP8 = Layout(
+    name="mxfp8",
+    title="MXFP8 (1x32 groups, power-of-two scales)",
+    quant_method="mxfp8",
+    scale_suffix="_scale_inv",
+    scale_dtypes=("u8",),
+    block=MX_BLOCK,
+    fixed_block=True,
+    power_of_two=True,
+    method_is_unique=True,
+)
+DEEPSEEK_V4 = Layout(
+    name="deepseek-v4",
+    title="DeepSeek-V4 FP8 block (.scale)",
+    quant_method="fp8",
+    scale_suffix=".scale",
+    scale_of_module=True,
+    scale_dtypes=("e8m0", "f32"),
+    writable=False,
+)
+
+#: every layout, in the order detection asks them (the most specific first)
+LAYOUTS: tuple[Layout, ...] = (MXFP8, COMPRESSED_TENSORS, DEEPSEEK_V4, DEEPSEEK)
+_BY_NAME = {layout.name: layout for layout in LAYOUTS}
+
+
+def get_layout(name: str | Layout) -> Layout:
+    """The layout called ``name`` (or the layout itself)."""
+    if isinstance(name, Layout):
+        return name
+    found = _BY_NAME.get(name)
+    if found is None:
+        raise OptionError("layout", f"unknown {name!r}; known: {', '.join(layout_names())}")
+    return found
+
+
+def layout_names(*, writable: bool = True, fixed_block: bool | None = None) -> list[str]:
+    """Layout names for option choices: the writable ones, optionally by fixed block."""
+    return [
+        layout.name
+        for layout in sorted(LAYOUTS, key=lambda lay: (lay is not DEEPSEEK, lay.name))
+        if (layout.writable or not writable)
+        and (fixed_block is None or layout.fixed_block == fixed_block)
+    ]
+
+
+def scale_candidates(weight: str) -> list[str]:
+    """Names ``weight``'s scale may have, in the order readers look for them."""
+    out: list[str] = []
+    for layout in (DEEPSEEK, COMPRESSED_TENSORS, DEEPSEEK_V4):
+        name = layout.scale_name(weight)
+        if name and name not in out:
+            out.append(name)
+    return out
+
+
+def is_scale_name(name: str) -> bool:
+    """Whether ``name`` is named like a scale in some layout."""
+    return any(layout.is_scale_name(name) for layout in LAYOUTS)
+
+
+def detect_layout(
+    quant_method: object, scale_names: Iterable[str], blocks: set[tuple[int, int]]
+) -> Layout | None:
+    """The first layout that recognises a checkpoint (None when none does)."""
+    names = list(scale_names)
+    return next((lay for lay in LAYOUTS if lay.recognises(quant_method, names, blocks)), None)
