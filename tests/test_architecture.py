@@ -157,7 +157,7 @@ def test_the_io_layer_imports_no_converter() -> None:
         upward = {
             d
             for d in GRAPH[module]
-            if d.startswith("ue8m0.checkpoint.") and d not in IO_LAYER + ["ue8m0.checkpoint"]
+            if d.startswith("ue8m0.checkpoint.") and d not in [*IO_LAYER, "ue8m0.checkpoint"]
         }
         assert upward == set(), module
 
@@ -206,7 +206,9 @@ def test_one_source_of_truth_for_eps_and_version() -> None:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
         if isinstance(node, ast.Constant) and node.value == 1e-4
     ]
-    assert literal == ["ue8m0.policies:" + str(_line_of(MODULES["ue8m0.policies"], "DEFAULT_EPS ="))]
+    assert literal == [
+        "ue8m0.policies:" + str(_line_of(MODULES["ue8m0.policies"], "DEFAULT_EPS ="))
+    ]
     assert ue8m0.__version__ == importlib.metadata.version("ue8m0")
 
 

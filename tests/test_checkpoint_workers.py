@@ -20,11 +20,10 @@ import pytest
 import ue8m0.kernels as kernels
 from ckpt_fixtures import BF16, run_cli, visible_files, write_checkpoint
 from ue8m0.checkpoint import runner
-from ue8m0.checkpoint.options import QuantizeOptions
+from ue8m0.checkpoint.options import Fp8Options, QuantizeOptions
 from ue8m0.checkpoint.plan_dequantize import plan_dequantize
-from ue8m0.checkpoint.plan_quantize import plan_quantize
-from ue8m0.checkpoint.options import Fp8Options
 from ue8m0.checkpoint.plan_fp8 import plan_fp8
+from ue8m0.checkpoint.plan_quantize import plan_quantize
 from ue8m0.checkpoint.runner import STOP_AFTER_ENV
 from ue8m0.checkpoint.source import MANIFEST_NAME, open_checkpoint
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ue8m0.checkpoint.slabs import slabs
 from ue8m0.checkpoint.safetensors import FLOAT_TAGS
+from ue8m0.checkpoint.slabs import slabs
 from ue8m0.checkpoint.source import open_checkpoint
 
 
