@@ -21,11 +21,11 @@ from ckpt_fixtures import (
     visible_files,
     write_checkpoint,
 )
-from ue8m0.checkpoint.steps.fp8 import _requantize_slab
-from ue8m0.checkpoint.requant_report import build_report
 from ue8m0.checkpoint.options import Fp8Options
 from ue8m0.checkpoint.plan_fp8 import plan_fp8
+from ue8m0.checkpoint.requant_report import build_report
 from ue8m0.checkpoint.source import open_checkpoint
+from ue8m0.checkpoint.steps.fp8 import _requantize_slab
 
 E4M3 = ml_dtypes.float8_e4m3fn
 
