@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -104,8 +105,13 @@ def loads_json(
         raise CheckpointError(path, f"{what} has the key {exc.key!r} twice") from None
     except _Constant as exc:
         raise CheckpointError(path, f"{what} holds {exc}, which JSON does not allow") from None
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, or too many digits
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(path, f"{what} is not valid JSON ({exc})") from None
+    except ValueError:  # the only other: an integer longer than Python converts
+        digits = sys.get_int_max_str_digits()
+        raise CheckpointError(
+            path, f"{what} holds an integer of more than {digits} digits"
+        ) from None
 
 
 def load_json(
