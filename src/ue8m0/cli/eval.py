@@ -16,14 +16,18 @@ Examples:
   ue8m0 eval --activations --recipe rceil      # W8A8: inputs too, per 1x128 tile
   ue8m0 eval --both --plot cost.png            # W8 and W8A8, table and plot
   ue8m0 eval path/to/llama --text wiki.txt --max-tokens 4096   # causal LM perplexity
+  ue8m0 eval path/to/gpt2 --tokenizer path/to/gpt2-tokenizer
   ue8m0 eval --sentences 64 --json
 
 \b
-MODEL is a local directory (nothing is downloaded). A *ForCausalLM model gets perplexity
-(lm_head kept unquantized unless --exclude is given); any other model is treated as a sentence
+MODEL is a local directory: config.json, *.safetensors weights (pickled .bin/.pt weights are
+refused, never unpickled) and a tokenizer (or --tokenizer DIR); nothing is downloaded. A causal
+LM (an architecture with an LM head: *ForCausalLM, GPT2LMHeadModel, ...) gets perplexity
+(lm_head kept unquantized unless --exclude is given); a base model (BertModel, ...) is a sentence
 encoder: mean and min embedding cosine against the unquantized model and the Spearman
-correlation of all pairwise similarities. Corpus: the first sentences of the Python standard
-library's module docstrings, read at run time.
+correlation of all pairwise similarities; other architectures are refused. Corpus: the first
+sentences of the Python standard library's module docstrings, read at run time. Third-party
+warnings are hidden (UE8M0_DEBUG=1 shows them).
 """
 
 
@@ -60,8 +64,15 @@ library's module docstrings, read at run time.
     metavar="NAME",
     help="Linear modules to leave unquantized (name, glob or prefix; repeatable).",
 )
+@click.option(
+    "--tokenizer",
+    "tokenizer",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Directory of the tokenizer (default: MODEL's).",
+)
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG plot.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def eval_command(
     model: Path | None,
     recipes: tuple[str, ...],
@@ -72,11 +83,15 @@ def eval_command(
     max_length: int,
     max_tokens: int | None,
     exclude: tuple[str, ...],
+    tokenizer: Path | None,
     plot: Path | None,
     as_json: bool,
+    quiet: bool,
 ) -> None:
     """Fake-quantize every Linear of MODEL (default: the bundled MiniLM) under each recipe and
     measure what it costs against the unquantized model."""
+    from ue8m0.evaluation.progress import make_eval_progress
+    from ue8m0.evaluation.quiet import third_party_quiet
     from ue8m0.evaluation.runner import EvalSettings, eval_table, run_eval
     from ue8m0.report.text import finite_json
 
@@ -90,12 +105,14 @@ def eval_command(
         max_length,
         max_tokens,
         exclude=exclude or None,
+        tokenizer=tokenizer,
     )
-    doc = run_eval(settings, progress=None if as_json else lambda s: click.echo(s, err=True))
-    if plot is not None:
-        from ue8m0.evaluation.plot import plot_eval
+    with third_party_quiet():
+        doc = run_eval(settings, make_eval_progress(quiet or as_json))
+        if plot is not None:
+            from ue8m0.evaluation.plot import plot_eval
 
-        plot_eval(doc, plot)
+            plot_eval(doc, plot)
     if as_json:
         click.echo(json.dumps(finite_json(doc), indent=1, allow_nan=False))
     else:

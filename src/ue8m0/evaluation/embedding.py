@@ -3,6 +3,7 @@ and how close a quantized model's embeddings stay to the unquantized model's."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -10,8 +11,20 @@ import numpy as np
 from ue8m0.metrics import rowwise_cosine, spearman
 
 
-def embed(model: Any, tokenizer: Any, sentences: list[str], batch_size: int = 32) -> np.ndarray:
-    """float64 unit embeddings, one row per sentence (attention-masked mean of the last layer)."""
+def batches(sentences: int, batch_size: int = 32) -> int:
+    """How many batches :func:`embed` runs."""
+    return -(-sentences // batch_size)
+
+
+def embed(
+    model: Any,
+    tokenizer: Any,
+    sentences: list[str],
+    batch_size: int = 32,
+    step: Callable[[], None] | None = None,
+) -> np.ndarray:
+    """float64 unit embeddings, one row per sentence (attention-masked mean of the last layer);
+    ``step()`` is called after each batch."""
     import torch
 
     rows = []
@@ -28,6 +41,8 @@ def embed(model: Any, tokenizer: Any, sentences: list[str], batch_size: int = 32
             mask = batch["attention_mask"].unsqueeze(-1).float()
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             rows.append(torch.nn.functional.normalize(pooled, dim=-1).double().numpy())
+            if step is not None:
+                step()
     return np.concatenate(rows)
 
 

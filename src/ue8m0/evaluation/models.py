@@ -1,15 +1,42 @@
-"""Load a local Hugging Face model offline and make quantized copies of it."""
+"""Load a local Hugging Face model offline, safetensors only, and make quantized copies of it.
+
+What a model is decides what eval measures, and it is read from ``config.json``'s
+``architectures``, by capability rather than by class name: an architecture transformers lists as
+a causal LM (``AutoModelForCausalLM``: ``LlamaForCausalLM``, ``GPT2LMHeadModel``, ...) gets
+perplexity, a base model (``AutoModel``: ``BertModel``, ...) is a sentence encoder, anything else
+(``T5ForConditionalGeneration``, ``BertForMaskedLM``) is refused. A causal LM must also have an LM
+head once loaded (``get_output_embeddings()``).
+
+Every problem with the directory is a one-line :class:`~ue8m0.errors.CheckpointError`; nothing is
+unpickled (``pytorch_model.bin`` is refused, transformers is told ``use_safetensors=True``).
+"""
 
 from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ue8m0.errors import InputError
+from ue8m0.errors import CheckpointError
 from ue8m0.extras import require
 from ue8m0.recipes import Recipe
+
+CAUSAL_LM = "causal-lm"
+EMBEDDING = "embedding"
+
+#: files one of which a tokenizer directory holds (the vocabulary or the tokenizer's own config)
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
 
 
 def minilm_dir() -> Path:
@@ -24,24 +51,129 @@ def offline() -> None:
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
-def is_causal_lm(path: Path) -> bool:
-    """Whether ``path``'s config names a ``*ForCausalLM`` architecture."""
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _names(mapping: dict[str, Any]) -> set[str]:
+    """Class names of a transformers ``*_MAPPING_NAMES`` table (values are names or tuples)."""
+    out: set[str] = set()
+    for value in mapping.values():
+        out.update((value,) if isinstance(value, str) else value)
+    return out
+
+
+def kind_of_architectures(architectures: Iterable[str]) -> str | None:
+    """:data:`CAUSAL_LM` when an architecture is an ``AutoModelForCausalLM`` class,
+    :data:`EMBEDDING` when one is an ``AutoModel`` (base model) class, else None."""
+    require("transformers", "eval")
+    from transformers.models.auto import modeling_auto
+
+    names = set(architectures)
+    if names & _names(modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES):
+        return CAUSAL_LM
+    if names & _names(modeling_auto.MODEL_MAPPING_NAMES):
+        return EMBEDDING
+    return None
+
+
+def check_model_dir(path: Path) -> None:
+    """Refuse, in one line, a directory eval cannot load: no ``config.json``, weights that are
+    not safetensors (pickles are never opened), an invalid index or shard header."""
+    from ue8m0.checkpoint.source import open_checkpoint
+
+    if not path.is_dir():
+        raise CheckpointError(path, "eval takes a local model directory (config.json, weights)")
+    if not (path / "config.json").is_file():
+        raise CheckpointError(
+            path,
+            "no config.json: eval takes a Hugging Face model directory (config.json, "
+            "*.safetensors weights, a tokenizer)",
+        )
+    open_checkpoint(path)
+
+
+def model_kind(path: Path) -> str:
+    """:data:`CAUSAL_LM` or :data:`EMBEDDING` for the model in ``path`` (see the module doc)."""
+    check_model_dir(path)
     offline()
     transformers = require("transformers", "eval")
-    config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
-    return any(a.endswith("ForCausalLM") for a in (config.architectures or []))
+    try:
+        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(
+            path / "config.json", f"transformers cannot read it: {_one_line(exc)}"
+        ) from exc
+    architectures = list(getattr(config, "architectures", None) or [])
+    if not architectures:
+        raise CheckpointError(
+            path / "config.json",
+            'names no architecture ("architectures"): eval cannot tell a causal LM from a '
+            "sentence encoder",
+        )
+    kind = kind_of_architectures(architectures)
+    if kind is None:
+        raise CheckpointError(
+            path / "config.json",
+            f"architecture {', '.join(architectures)} is neither a causal LM (a model with an LM "
+            "head) nor a sentence encoder (a base model): eval measures only those",
+        )
+    return kind
 
 
-def load(path: Path, causal: bool) -> tuple[Any, Any]:
-    """``(model in eval mode, float32, tokenizer)`` from a local directory."""
+def load_tokenizer(path: Path) -> Any:
+    """The tokenizer in ``path``; a tokenizer without a pad token pads with its end-of-text
+    token (GPT-2 style), as batched embedding needs one."""
     offline()
-    if not path.is_dir():
-        raise InputError(f"{path}: eval takes a local model directory (config.json, weights)")
+    transformers = require("transformers", "eval")
+    hint = "pass --tokenizer DIR (a directory with tokenizer.json or the vocabulary files)"
+    if not path.is_dir() or not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise CheckpointError(path, f"no tokenizer here: {hint}")
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(
+            path, f"cannot load the tokenizer ({_one_line(exc)}): {hint}"
+        ) from exc
+    if len(tokenizer.get_vocab()) < 2:
+        raise CheckpointError(path, f"the tokenizer has an empty vocabulary: {hint}")
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise CheckpointError(path, "the tokenizer has neither a pad nor an end-of-text token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load(path: Path, causal: bool, tokenizer_path: Path | None = None) -> tuple[Any, Any]:
+    """``(model in eval mode, float32, tokenizer)`` from local directories (the tokenizer from
+    ``tokenizer_path``, default ``path``)."""
+    check_model_dir(path)
+    tokenizer = load_tokenizer(tokenizer_path or path)
     transformers = require("transformers", "eval")
     require("torch", "eval")
     auto = transformers.AutoModelForCausalLM if causal else transformers.AutoModel
-    model = auto.from_pretrained(path, local_files_only=True, dtype="float32")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    try:
+        model, info = auto.from_pretrained(
+            path,
+            local_files_only=True,
+            use_safetensors=True,
+            dtype="float32",
+            output_loading_info=True,
+        )
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise CheckpointError(
+            path, f"transformers cannot load the model: {_one_line(exc)}"
+        ) from exc
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        raise CheckpointError(
+            path,
+            f"{len(missing)} parameters are not in the weights (first: {missing[0]}): "
+            "transformers would initialise them at random",
+        )
+    if causal and model.get_output_embeddings() is None:
+        raise CheckpointError(path, "a causal LM without an LM head: eval cannot measure it")
     return model.eval(), tokenizer
 
 
