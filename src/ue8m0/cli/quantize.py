@@ -30,13 +30,16 @@ Examples:
   ue8m0 quantize SRC DST --format mxfp8              # 1x32 groups, U8 scales
 
 \b
-Output (DeepSeek-V3.1 layout, loaded by transformers, vLLM and SGLang): X.weight F8_E4M3 and
-X.weight_scale_inv (the dequant multiplier, ceil(out/128) x ceil(in/128)), F32 exact powers of
-two by default; config.json gains quantization_config (quant_method fp8, scale_fmt ue8m0).
-Kept in high precision: embeddings, lm_head, norms, MoE routers, biases, tensors that are not
-2-D or 3-D, and weights whose dims are not multiples of the block. --pad-partial converts
-those too with a zero-padded block grid (DeepSeek's convention, read by vLLM and SGLang);
-transformers refuses such weights ("not divisible by scale grid").
+Output (DeepSeek-V3.1 layout; transformers on CPU loads it in this project's tests): X.weight
+F8_E4M3 and X.weight_scale_inv (the dequant multiplier, ceil(out/128) x ceil(in/128)), F32
+exact powers of two by default; config.json gains quantization_config (quant_method fp8,
+scale_fmt ue8m0). Kept in high precision: embeddings, lm_head, norms, MoE routers, biases,
+tensors that are not 2-D or 3-D, and weights whose dims are not multiples of the block.
+--pad-partial converts those too with a zero-padded block grid (DeepSeek's convention).
+Loaders differ on partial grids: vLLM takes a partial block only in the last part of a merged
+layer; transformers on CPU infers the block from the grid, refuses a grid that does not divide
+(576 rows, 5 scale rows) and silently misreads one that does (192 rows, 2 scale rows: 96-row
+blocks).
 --format compressed-tensors writes X.weight_scale (F32) and a float-quantized config_groups
 config (strategy block, block_structure); --format mxfp8 writes 1x32 groups with U8 biased-exponent
 X.weight_scale_inv and quant_method mxfp8 (as SGLang reads MXFP8).
