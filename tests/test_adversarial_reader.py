@@ -521,6 +521,29 @@ def test_source_truncated_while_open_is_an_error_not_a_signal(tmp_path: Path) ->
     ]
 
 
+def test_source_truncated_inside_map_rows_does_not_kill(tmp_path: Path) -> None:
+    """The slab of ``map_rows`` is the reader's own memory: truncating the file while the block
+    runs changes nothing in it (a memory map would die of SIGBUS here: exit -7)."""
+    path = tmp_path / "big.safetensors"
+    save(path, {"w": np.ones((1024, 1024), np.float32)})
+    script = textwrap.dedent(
+        f"""
+        import os
+        from ue8m0.checkpoint.safetensors import SafetensorsFile
+        path = {str(path)!r}
+        with SafetensorsFile(path) as f:
+            with f.map_rows("w", 0, 512, 640) as x:
+                os.truncate(path, f.data_start + 1000)
+                print(x.sum())
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, (result.returncode, result.stderr)
+    assert result.stdout.strip() == str(128.0 * 1024)
+
+
 def test_map_rows_gives_the_rows(tmp_path: Path) -> None:
     w = np.arange(6 * 5 * 7, dtype=np.float32).reshape(6, 5, 7)
     save(tmp_path / "a.safetensors", {"w": w})
