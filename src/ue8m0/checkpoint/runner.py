@@ -67,6 +67,7 @@ class RunResult:
     seconds: float
     worker_peak: int = 0
     worker_start: str | None = None  # "fork" / "spawn"; None: converted in this process
+    executor: dict[str, Any] | None = None  # a Ray run's: executor, nodes, tasks, retries
 
     def summary(self) -> dict[str, Any]:
         converted = sum(s.in_bytes for s in self.plan.shards if s.name in self.written)
@@ -79,13 +80,20 @@ class RunResult:
             "input_gb_per_s": round(converted / 1e9 / self.seconds, 3) if self.seconds else 0,
             "peak_rss_mb": round(peak / 2**20, 1),
             "worker_start": self.worker_start,
+            **(self.executor or {"executor": "local"}),
         }
 
 
 def run_plan(
-    ckpt: Checkpoint, plan: Plan, dst: Path, workers: int = 1, progress: Progress | None = None
+    ckpt: Checkpoint,
+    plan: Plan,
+    dst: Path,
+    workers: int = 1,
+    progress: Progress | None = None,
+    ray_address: str | None = None,
 ) -> RunResult:
-    """Execute ``plan`` from ``ckpt`` into ``dst`` (resuming when ``dst`` has a manifest)."""
+    """Execute ``plan`` from ``ckpt`` into ``dst`` (resuming when ``dst`` has a manifest); with
+    ``ray_address``, as tasks on that Ray cluster (:mod:`ue8m0.checkpoint.ray_exec`)."""
     progress = progress or Progress()
     check_destination(ckpt.root, dst)
     dst.mkdir(parents=True, exist_ok=True)
@@ -94,7 +102,8 @@ def run_plan(
     t0 = time.perf_counter()
     todo = [s for s in plan.shards if not manifest.is_done(s.name, dst)]
     skipped = [s.name for s in plan.shards if s not in todo]
-    pool = _Pool.start(ckpt, plan, todo, workers) if workers > 1 and len(todo) > 1 else None
+    pooled = ray_address is None and workers > 1 and len(todo) > 1
+    pool = _Pool.start(ckpt, plan, todo, workers) if pooled else None
     progress.start(sum(s.in_bytes for s in todo), len(todo))
     stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
 
@@ -105,8 +114,14 @@ def run_plan(
             time.sleep(3600)  # pragma: no cover - killed by the resume test
 
     worker_peak = 0
+    on_ray: dict[str, Any] | None = None
     try:
-        if pool is None:
+        if ray_address is not None:
+            from ue8m0.checkpoint.ray_exec import run_on_ray
+
+            stats = run_on_ray(ray_address, ckpt, plan, dst, todo, progress, record)
+            worker_peak, on_ray = stats.worker_peak, stats.summary()
+        elif pool is None:
             for shard in todo:
                 progress.shard_start(shard.name, shard.in_bytes)
                 tick: Callable[[int], None] = partial(progress.advance, shard.name)
@@ -132,7 +147,8 @@ def run_plan(
         progress.close()
     seconds = time.perf_counter() - t0
     method = pool.method if pool is not None else None
-    return RunResult(plan, [s.name for s in todo], skipped, seconds, worker_peak, method)
+    written = [s.name for s in todo]
+    return RunResult(plan, written, skipped, seconds, worker_peak, method, on_ray)
 
 
 def _clean_temps(dst: Path) -> None:

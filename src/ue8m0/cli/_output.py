@@ -28,8 +28,21 @@ def output_options(func: F) -> F:
 
 
 def run_options(func: F) -> F:
-    """``--dry-run``, ``--workers N``, ``--quiet`` and ``--json``: every converting command's."""
+    """``--dry-run``, ``--workers N``, ``--ray ADDRESS``, ``--quiet`` and ``--json``: every
+    converting command's. ``--ray`` reaches :func:`run_or_print_plan` through the click
+    context, so the commands need not pass it along."""
     func = output_options(func)
+    func = click.option(
+        "--ray",
+        "ray_address",
+        metavar="ADDRESS",
+        expose_value=False,
+        callback=_keep_ray_address,
+        help="Run the shards as tasks on this Ray cluster (auto: the one RAY_ADDRESS or "
+        "'ray start' points at; needs pip install 'ue8m0[ray]'). SRC and DST must be on "
+        "storage every node mounts at the same path; a DST another node cannot see is "
+        "refused. Same bytes and manifest as a local run.",
+    )(func)
     func = click.option(
         "--workers",
         type=click.IntRange(min=1),
@@ -42,6 +55,13 @@ def run_options(func: F) -> F:
         "--dry-run", is_flag=True, help="Print the plan (tensors, bytes, shards) only."
     )(func)
     return func
+
+
+def _keep_ray_address(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    ctx.meta[RAY_ADDRESS_KEY] = value
+
+
+RAY_ADDRESS_KEY = "ue8m0.ray_address"
 
 
 def scale_search_option(func: F) -> F:
@@ -230,7 +250,12 @@ def run_or_print_plan(
         elif not quiet:
             click.echo(plan_table(plan))
         return None
-    result = run_plan(ckpt, plan, dst, workers, make_progress(quiet, as_json))
+    ray_address = click.get_current_context().meta.get(RAY_ADDRESS_KEY)
+    if ray_address is not None:
+        from ue8m0.extras import require
+
+        require("ray", "ray")  # before DST is created
+    result = run_plan(ckpt, plan, dst, workers, make_progress(quiet, as_json), ray_address)
     if not as_json and not quiet:
         click.echo(run_summary_line(result.summary(), dst))
     return result
