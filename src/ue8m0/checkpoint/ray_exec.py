@@ -23,6 +23,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import socket
 import tempfile
 import time
 import uuid
@@ -37,11 +38,13 @@ from ue8m0.errors import CheckpointError, Ue8m0Error
 from ue8m0.extras import require
 
 if TYPE_CHECKING:
-    from ue8m0.checkpoint.runner import Progress
+    from ue8m0.checkpoint.progress import Progress
     from ue8m0.checkpoint.source import Checkpoint
 
 #: Ray retries a task this many times when its worker process or node dies
 MAX_RETRIES = 3
+#: seconds a TCP connection to the cluster's address may take (ray.init itself retries minutes)
+CONNECT_TIMEOUT_S = 10.0
 #: seconds the probe tasks may take to start on every node
 PROBE_TIMEOUT_S = 120.0
 #: test-only hook: each task sleeps this many seconds after its first bytes (to be killed)
@@ -87,6 +90,7 @@ def connect(address: str) -> tuple[Any, bool]:
     ray = require("ray", "ray")
     if ray.is_initialized():
         return ray, False
+    _check_reachable(address)
     try:
         ray.init(
             address=address,
@@ -100,6 +104,21 @@ def connect(address: str) -> tuple[Any, bool]:
             f"--ray {address}", f"cannot connect to the Ray cluster ({reason})"
         ) from None
     return ray, True
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast on a ``host:port`` (or ``RAY_ADDRESS`` for ``auto``) nothing listens on."""
+    target = os.environ.get("RAY_ADDRESS", "") if address == "auto" else address
+    host, _, port = target.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        return  # ``auto`` without RAY_ADDRESS, or a form ray.init explains itself
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise CheckpointError(
+            f"--ray {address}",
+            f"cannot connect to the Ray cluster at {host}:{port} ({exc.strerror or exc})",
+        ) from None
 
 
 def run_on_ray(
@@ -236,8 +255,13 @@ def _run_tasks(
     progress: Progress,
     record: Callable[[ShardPlan, int, str], None],
 ) -> tuple[set[str], int]:
-    """Wait for the submitted tasks, recording each shard as it lands; returns the nodes that
-    ran them and the largest worker peak RSS. On any error the rest is cancelled."""
+    """Wait for the submitted tasks; returns the nodes that ran them and the largest worker peak
+    RSS. On any error the rest is cancelled.
+
+    Shards are recorded in plan order (a shard that lands early waits for those before it), so
+    the manifest lists them as a local run's does, byte for byte."""
+    order = list(pending.values())
+    landed: dict[str, tuple[int, str]] = {}
     used: set[str] = set()
     peak = 0
     try:
@@ -249,7 +273,10 @@ def _run_tasks(
                 used.add(node)
                 peak = max(peak, rss)
                 progress.advance(shard.name, shard.in_bytes)
-                record(shard, size, crc)
+                landed[shard.name] = (size, crc)
+            while order and order[0].name in landed:
+                shard = order.pop(0)
+                record(shard, *landed.pop(shard.name))
     except BaseException:
         for ref in pending:
             ray.cancel(ref, force=True)
