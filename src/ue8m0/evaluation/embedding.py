@@ -8,7 +8,11 @@ from typing import Any
 
 import numpy as np
 
+from ue8m0.evaluation.perplexity import window_length
 from ue8m0.metrics import rowwise_cosine, spearman
+
+#: sentences are cut to this many tokens (or the model's positions, when it has fewer)
+MAX_TOKENS = 256
 
 
 def batches(sentences: int, batch_size: int = 32) -> int:
@@ -27,6 +31,7 @@ def embed(
     ``step()`` is called after each batch."""
     import torch
 
+    max_length = window_length(model, MAX_TOKENS)
     rows = []
     with torch.inference_mode():
         for lo in range(0, len(sentences), batch_size):
@@ -34,7 +39,7 @@ def embed(
                 sentences[lo : lo + batch_size],
                 padding=True,
                 truncation=True,
-                max_length=256,
+                max_length=max_length,
                 return_tensors="pt",
             )
             hidden = model(**batch).last_hidden_state.float()

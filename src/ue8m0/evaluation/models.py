@@ -172,17 +172,46 @@ def load(path: Path, causal: bool, tokenizer_path: Path | None = None) -> tuple[
             f"{len(missing)} parameters are not in the weights (first: {missing[0]}): "
             "transformers would initialise them at random",
         )
+    tokens, rows = len(tokenizer), model.get_input_embeddings().num_embeddings
+    if tokens > rows:
+        raise CheckpointError(
+            tokenizer_path or path,
+            f"the tokenizer has {tokens} tokens, the model embeds {rows}: not this model's "
+            "tokenizer (pass --tokenizer DIR)",
+        )
     if causal and model.get_output_embeddings() is None:
         raise CheckpointError(path, "a causal LM without an LM head: eval cannot measure it")
     return model.eval(), tokenizer
 
 
+def conv1d_to_linear(model: Any) -> list[str]:
+    """Replace in place every transformers ``Conv1D`` (GPT-2's projections: ``x @ W + b`` with
+    ``W`` stored ``[in, out]``) by the ``nn.Linear`` computing the same (weight ``W.T``, so
+    blocks run along the input dimension as in an FP8 GEMM). Returns the replaced names."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    targets = [(n, m) for n, m in model.named_modules() if n and isinstance(m, Conv1D)]
+    for name, conv in targets:
+        inputs, outputs = conv.weight.shape
+        linear = torch.nn.Linear(inputs, outputs, bias=conv.bias is not None)
+        with torch.no_grad():
+            linear.weight.copy_(conv.weight.T)
+            if conv.bias is not None:
+                linear.bias.copy_(conv.bias)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, linear)
+    return [name for name, _ in targets]
+
+
 def quantized_copy(
     model: Any, recipe: Recipe, activations: bool, exclude: tuple[str, ...] = ()
 ) -> tuple[Any, list[str]]:
-    """A deep copy of ``model`` with every Linear fake-quantized (``ue8m0.torch``)."""
+    """A deep copy of ``model`` with every Linear (and GPT-2 ``Conv1D``, made a Linear first)
+    fake-quantized (``ue8m0.torch``)."""
     from ue8m0.torch import quantize_model
 
     clone = copy.deepcopy(model)
+    conv1d_to_linear(clone)
     replaced = quantize_model(clone, recipe, exclude=exclude, activations=activations)
     return clone.eval(), replaced

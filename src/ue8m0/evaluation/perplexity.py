@@ -18,9 +18,9 @@ def token_ids(tokenizer: Any, text: str, max_tokens: int | None = None) -> list[
 def window_length(model: Any, max_length: int) -> int:
     """``max_length``, or fewer when the model has fewer positions (GPT-2's ``n_positions``)."""
     positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    return (
-        min(max_length, positions) if isinstance(positions, int) and positions >= 2 else max_length
-    )
+    if isinstance(positions, int) and 2 <= positions < max_length:
+        return positions
+    return max_length
 
 
 def windows(tokens: int, max_length: int) -> list[tuple[int, int]]:

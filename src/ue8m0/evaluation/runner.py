@@ -173,9 +173,12 @@ def eval_table(doc: dict[str, Any]) -> str:
             ("SPEARMAN", "spearman", ".6f"),
         ]
     )
-    corpus = doc.get("corpus") or doc.get("text") or {}
-    size = corpus.get("sentences") or corpus.get("tokens")
-    unit = "sentences" if "sentences" in corpus else "tokens"
+    if causal:
+        text = doc["text"]
+        window = f", windows of {text['window']}" if "window" in text else ""
+        size = f"{text['tokens']} tokens{window}"
+    else:
+        size = f"{doc['corpus']['sentences']} sentences"
     rows = [["RECIPE", "LABEL", "MODE", *(c[0] for c in cols)]]
     if causal:
         rows.append(["none", "unquantized", "-", _cell(doc["baseline"]["perplexity"], ".4f")])
@@ -184,7 +187,7 @@ def eval_table(doc: dict[str, Any]) -> str:
             rows.append([name, row["label"], mode, *(_cell(row.get(k), f) for _, k, f in cols)])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     text_cols = 3  # RECIPE, LABEL, MODE
-    lines = [f"{doc['model']} ({doc['kind']}, {size} {unit})"]
+    lines = [f"{doc['model']} ({doc['kind']}, {size})"]
     for row in rows:
         cells = [
             c.ljust(w) if i < text_cols else c.rjust(w)
