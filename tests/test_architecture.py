@@ -136,6 +136,7 @@ IO_LAYER = [
     "ue8m0.checkpoint.source",
     "ue8m0.checkpoint.scales",
     "ue8m0.checkpoint.jsonio",
+    "ue8m0.checkpoint.rawio",
     "ue8m0.checkpoint.progress",
 ]
 

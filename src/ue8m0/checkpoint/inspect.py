@@ -16,9 +16,11 @@ from ue8m0.checkpoint.scales import SCALE_TAGS, infer_block, is_power_of_two
 from ue8m0.checkpoint.source import Checkpoint, open_checkpoint
 
 
-def _role(info: TensorInfo, scales: set[str]) -> str:
+def _role(info: TensorInfo, scales: set[str], fp4: set[str]) -> str:
     if info.dtype in FP8_TAGS:
         return "fp8 weight"
+    if info.name in fp4:
+        return "fp4 weight (packed E2M1)"
     if info.name in scales:
         return "scale"
     if is_scale_name(info.name):
@@ -52,10 +54,14 @@ def inspect_checkpoint(path: str | Path) -> dict[str, Any]:
     found = pair_fp8_weights(ckpt)
     declared = found.declared
     pairs = {weight: scale for scale, weight in found.scales.items()}
+    fp4 = {name for name, w in found.weights.items() if w.packed}
     by_dtype: dict[str, dict[str, int]] = {}
     by_role: dict[str, dict[str, int]] = {}
     for info in ckpt.tensors.values():
-        for table, key in ((by_dtype, info.dtype), (by_role, _role(info, set(pairs.values())))):
+        for table, key in (
+            (by_dtype, info.dtype),
+            (by_role, _role(info, set(pairs.values()), fp4)),
+        ):
             row = table.setdefault(key, {"tensors": 0, "bytes": 0, "elements": 0})
             row["tensors"] += 1
             row["bytes"] += info.nbytes

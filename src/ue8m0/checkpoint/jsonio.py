@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ue8m0.checkpoint.rawio import open_regular, pread_exact
 from ue8m0.errors import CheckpointError
 
 #: nesting a checkpoint's JSON may have (a safetensors header needs 3, an index 3, a config ~5;
@@ -127,8 +128,6 @@ def load_json(
     Every failure is a ``CheckpointError(path, reason)`` naming ``what``: not a regular file,
     unreadable, too large, or any refusal of :func:`loads_json`.
     """
-    from ue8m0.checkpoint.safetensors import open_regular, pread_exact
-
     fd = open_regular(path)
     try:
         size = os.fstat(fd).st_size

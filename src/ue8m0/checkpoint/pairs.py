@@ -13,8 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ue8m0.checkpoint.registry import FMT_OF_TAG, scale_candidates
-from ue8m0.checkpoint.safetensors import FP8_TAGS, SafetensorsFile
+from ue8m0.checkpoint.registry import (
+    FMT_OF_TAG,
+    FP4,
+    FP4_TAGS,
+    MX_BLOCK,
+    expert_dtype,
+    scale_candidates,
+)
+from ue8m0.checkpoint.safetensors import FP8_TAGS, SafetensorsFile, TensorInfo
 from ue8m0.checkpoint.scales import SCALE_TAGS, config_block, decode_scale, infer_block
 from ue8m0.checkpoint.source import Checkpoint
 from ue8m0.errors import CheckpointError
@@ -31,6 +38,15 @@ class Fp8Weight:
     scale_dtype: str
     block: tuple[int, int]
     fmt: str
+
+    @property
+    def packed(self) -> bool:
+        """Packed FP4 (two E2M1 codes per stored byte)."""
+        return self.fmt == FP4
+
+    def logical_shape(self, stored: tuple[int, ...]) -> tuple[int, ...]:
+        """The weight's shape from its stored one (packed FP4 holds two inputs per byte)."""
+        return (*stored[:-1], stored[-1] * 2) if self.packed else stored
 
 
 @dataclass(frozen=True)
@@ -61,7 +77,11 @@ def pair_fp8_weights(ckpt: Checkpoint) -> Fp8Pairs:
     """Pair every FP8 weight of ``ckpt`` with its scale (looked up under each registered
     layout's name for it, in any shard); collect the weights that have no usable one."""
     found = Fp8Pairs(declared=config_block(ckpt.config))
+    fp4_declared = expert_dtype(ckpt.config) == "fp4"
     for info in ckpt.tensors.values():
+        if info.dtype in FP4_TAGS:
+            _pair_fp4(ckpt, info, fp4_declared, found)
+            continue
         if info.dtype not in FP8_TAGS:
             continue
         shard = ckpt.weight_map[info.name]
@@ -91,6 +111,40 @@ def pair_fp8_weights(ckpt: Checkpoint) -> Fp8Pairs:
             info.name, scale, sshard, sinfo.dtype, block, FMT_OF_TAG[info.dtype]
         )
     return found
+
+
+def _pair_fp4(ckpt: Checkpoint, info: TensorInfo, declared: bool, found: Fp8Pairs) -> None:
+    """A packed FP4 weight (I8 ``[out, in/2]``) with its F8_E8M0 scale ``[out, in/32]``: an
+    integer tensor with a scale is one, and must be declared by ``expert_dtype: fp4``."""
+    scale = next((s for s in scale_candidates(info.name) if s in ckpt.tensors), None)
+    if scale is None:
+        return  # an integer tensor of its own (token tables, ...)
+    shard = ckpt.weight_map[info.name]
+    found.scales[scale] = info.name
+    sinfo = ckpt.tensors[scale]
+    if not declared:
+        why = (
+            f"{info.dtype} weight with a scale ({scale}) looks like packed FP4, but config.json "
+            "does not declare expert_dtype: fp4"
+        )
+        found.problems.append(PairProblem(info.name, shard, why))
+        return
+    if sinfo.dtype not in ("F8_E8M0", "U8"):
+        why = f"FP4 scale dtype {sinfo.dtype}: expected F8_E8M0 (one byte per 32 inputs)"
+        found.problems.append(PairProblem(scale, ckpt.weight_map[scale], why))
+        return
+    shape = info.shape
+    want = (*shape[:-1], shape[-1] * 2 // MX_BLOCK[1]) if len(shape) >= 2 else None
+    if want is None or (shape[-1] * 2) % MX_BLOCK[1] or tuple(sinfo.shape) != want:
+        why = (
+            f"packed FP4 weight {list(shape)} needs a scale of shape "
+            f"{list(want) if want else '[..., out, in/32]'}, got {list(sinfo.shape)} ({scale})"
+        )
+        found.problems.append(PairProblem(info.name, shard, why))
+        return
+    found.weights[info.name] = Fp8Weight(
+        info.name, scale, ckpt.weight_map[scale], sinfo.dtype, MX_BLOCK, FP4
+    )
 
 
 def find_fp8_weights(ckpt: Checkpoint) -> dict[str, Fp8Weight]:

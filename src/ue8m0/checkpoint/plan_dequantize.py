@@ -6,6 +6,7 @@ from __future__ import annotations
 from ue8m0.checkpoint.options import DEQUANT_DTYPES, DequantizeOptions
 from ue8m0.checkpoint.pairs import find_fp8_weights
 from ue8m0.checkpoint.plan import Plan, ShardPlan, Task, copy_task
+from ue8m0.checkpoint.registry import without_quantization
 from ue8m0.checkpoint.source import Checkpoint
 from ue8m0.checkpoint.writer import OutSpec
 
@@ -23,7 +24,7 @@ def plan_dequantize(ckpt: Checkpoint, opts: DequantizeOptions | None = None) -> 
             w.name,
             "dequantize",
             f"{w.scale_dtype} scale {w.scale}",
-            (OutSpec(w.name, out_tag, info.shape),),
+            (OutSpec(w.name, out_tag, w.logical_shape(info.shape)),),
             w.scale,
             w.scale_shard,
             w.block,
@@ -42,5 +43,5 @@ def plan_dequantize(ckpt: Checkpoint, opts: DequantizeOptions | None = None) -> 
         shards.append(ShardPlan(shard, tasks, ckpt.shard_bytes(shard)))
     config = None
     if ckpt.config is not None:
-        config = {k: v for k, v in ckpt.config.items() if k != "quantization_config"}
+        config = without_quantization(ckpt.config)
     return Plan("dequantize", shards, config, opts)

@@ -26,6 +26,11 @@ FMTS: dict[str, tuple[str, str]] = {
 #: safetensors tag of an FP8 weight -> ``fmt`` name
 FMT_OF_TAG = {tag: name for name, (_, tag) in FMTS.items()}
 
+#: the element format name of DeepSeek-V4's packed FP4 experts (two E2M1 codes per I8 byte)
+FP4 = "e2m1"
+#: safetensors tags packed FP4 weights are stored under
+FP4_TAGS = ("I8", "U8")
+
 #: the MX group: one scale per 32 elements of a row
 MX_BLOCK = (1, 32)
 #: the DeepSeek / DeepGEMM weight block
@@ -49,6 +54,30 @@ def element_fmt(name: str) -> ElementFormat:
     if name not in FMTS:
         raise OptionError("fmt", f"unknown format {name!r}; known: {', '.join(FMTS)}")
     return element_format(FMTS[name][0])
+
+
+def expert_dtype(config: dict[str, Any] | None) -> object:
+    """DeepSeek-V4's ``expert_dtype`` (``fp4`` / ``fp8``) where its loaders look: the top level,
+    ``quantization_config`` (V4.1, transformers) or a nested ``text_config``; None if absent."""
+    for level in (config, (config or {}).get("text_config")):
+        if not isinstance(level, dict):
+            continue
+        qc = level.get("quantization_config")
+        for where in (level, qc if isinstance(qc, dict) else {}):
+            if "expert_dtype" in where:
+                return where["expert_dtype"]
+    return None
+
+
+def without_quantization(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` as a plain high-precision model declares it: no ``quantization_config`` and
+    no ``expert_dtype``, at the top level or in a nested ``text_config``."""
+    drop = ("quantization_config", "expert_dtype")
+    out = {k: v for k, v in config.items() if k not in drop}
+    text = out.get("text_config")
+    if isinstance(text, dict):
+        out["text_config"] = {k: v for k, v in text.items() if k not in drop}
+    return out
 
 
 def module_of(name: str) -> str:
@@ -148,6 +177,9 @@ class Layout:
     keep: tuple[tuple[re.Pattern[str], str], ...] = DEFAULT_KEEP
     #: how elements are stored
     elements: str = "one FP8 code per byte (F8_E4M3 / F8_E5M2)"
+    #: it may hold packed FP4 weights (two E2M1 codes per byte, a scale per 32 inputs) where
+    #: its config says ``expert_dtype: fp4``
+    fp4_experts: bool = False
     notes: tuple[str, ...] = field(default=())
 
     @property
@@ -246,6 +278,9 @@ DEEPSEEK_V4 = Layout(
     scale_of_module=True,
     scale_dtypes=("e8m0", "f32"),
     writable=False,
+    elements="FP8 codes one per byte; routed experts under expert_dtype fp4: two E2M1 codes per "
+    "I8 byte (element 2i in the low nibble), one F8_E8M0 scale per 32 inputs",
+    fp4_experts=True,
 )
 
 #: every layout, in the order detection asks them (the most specific first)

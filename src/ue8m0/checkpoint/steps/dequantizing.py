@@ -3,6 +3,8 @@ slab of whole block-rows."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import ml_dtypes
 import numpy as np
 
@@ -10,9 +12,11 @@ from ue8m0.api import QuantizedTensor, dequantize
 from ue8m0.checkpoint.options import DequantizeOptions
 from ue8m0.checkpoint.pairs import load_scale
 from ue8m0.checkpoint.plan import Task
-from ue8m0.checkpoint.registry import element_fmt
+from ue8m0.checkpoint.registry import MX_BLOCK, element_fmt
 from ue8m0.checkpoint.slabs import slabs
 from ue8m0.checkpoint.steps.context import StepContext, task_weight
+from ue8m0.errors import CheckpointError
+from ue8m0.formats import FLOAT4_E2M1FN
 
 
 def dequantize_step(ctx: StepContext, task: Task) -> None:
@@ -21,8 +25,11 @@ def dequantize_step(ctx: StepContext, task: Task) -> None:
     w = task_weight(ctx, task)
     info = ctx.src.info(task.name)
     scale = load_scale(ctx.src_root, w, ctx.src)
-    fmt = element_fmt(w.fmt)
     out_dtype = ml_dtypes.bfloat16 if opts.dtype == "bf16" else np.float32
+    if w.packed:
+        _dequantize_fp4(ctx, task, scale, out_dtype)
+        return
+    fmt = element_fmt(w.fmt)
     br = w.block[0]
     for lead, r0, r1 in slabs(info.shape, info.itemsize, br):
         s = scale[lead, r0 // br : -(-r1 // br)]
@@ -32,3 +39,32 @@ def dequantize_step(ctx: StepContext, task: Task) -> None:
             del q
         ctx.out.write(task.name, deq)
         ctx.tick(deq.size * info.itemsize)
+
+
+def _dequantize_fp4(ctx: StepContext, task: Task, scale: np.ndarray, out_dtype: Any) -> None:
+    """Packed FP4 rows (two E2M1 codes per byte, element 2i in the low nibble) times their
+    per-32 scales, in float32 (exact), rounded once to the output dtype."""
+    info = ctx.src.info(task.name)
+    bad = np.argwhere(~np.isfinite(scale))
+    if bad.size:
+        where = tuple(int(i) for i in bad[0])
+        raise CheckpointError(
+            ctx.src.path, f"scale {task.scale} is NaN (byte 0xFF) at {where}", task.name
+        )
+    for lead, r0, r1 in slabs(info.shape, info.itemsize * 2, 1):
+        codes = _unpack_nibbles(ctx.src.read_rows(task.name, lead, r0, r1))
+        q = QuantizedTensor.from_stored(
+            codes.view(FLOAT4_E2M1FN.dtype), scale[lead, r0:r1], FLOAT4_E2M1FN, MX_BLOCK
+        )
+        deq = dequantize(q, out_dtype, threads=ctx.threads)
+        ctx.out.write(task.name, deq)
+        ctx.tick((r1 - r0) * info.shape[-1] * info.itemsize)
+
+
+def _unpack_nibbles(packed: np.ndarray) -> np.ndarray:
+    """E2M1 codes of packed bytes: element 2i is the low nibble of byte i, 2i+1 the high."""
+    b = packed.view(np.uint8)
+    out = np.empty((*b.shape[:-1], 2 * b.shape[-1]), np.uint8)
+    out[..., 0::2] = b & 0xF
+    out[..., 1::2] = b >> 4
+    return out
