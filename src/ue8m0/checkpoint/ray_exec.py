@@ -103,6 +103,12 @@ def connect(address: str) -> tuple[Any, bool]:
         raise CheckpointError(
             f"--ray {address}", f"cannot connect to the Ray cluster ({reason})"
         ) from None
+    # Ray prints the cluster's error messages ("a worker died ...") on stdout, where --json
+    # writes; a lost task is retried and counted (RayStats.retries), or raised as one line.
+    # The switch is the one ray.util.rpdb uses.
+    ray_worker = getattr(getattr(ray, "_private", None), "worker", None)
+    if hasattr(ray_worker, "_worker_logs_enabled"):
+        ray_worker._worker_logs_enabled = False  # type: ignore[union-attr]
     return ray, True
 
 
@@ -323,7 +329,7 @@ def convert_task(
 
     from ue8m0 import kernels
     from ue8m0.checkpoint.convert import convert_shard
-    from ue8m0.checkpoint.runner import peak_rss_bytes
+    from ue8m0.checkpoint.progress import peak_rss_bytes
 
     attempt = Path(dst_root) / f"{_MARK}attempt-{run_id}-{uuid.uuid4().hex}{TMP_SUFFIX}"
     attempt.touch()

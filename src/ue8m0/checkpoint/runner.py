@@ -11,7 +11,6 @@ import ctypes
 import multiprocessing
 import os
 import queue
-import resource
 import signal
 import sys
 import threading
@@ -34,7 +33,7 @@ from ue8m0.checkpoint.convert import convert_shard
 from ue8m0.checkpoint.manifest import Manifest, source_fingerprint
 from ue8m0.checkpoint.options import DequantizeOptions, Fp8Options, Options, QuantizeOptions
 from ue8m0.checkpoint.plan import Plan, ShardPlan, Task
-from ue8m0.checkpoint.progress import Progress
+from ue8m0.checkpoint.progress import Progress, peak_rss_bytes
 from ue8m0.checkpoint.registry import element_fmt
 from ue8m0.checkpoint.safetensors import DTYPES
 from ue8m0.checkpoint.source import INDEX_NAME, Checkpoint, check_destination
@@ -44,19 +43,6 @@ from ue8m0.errors import CheckpointError
 
 #: test-only hook: stop (sleep) after this many shards are recorded, to be killed mid-run
 STOP_AFTER_ENV = "UE8M0_TEST_STOP_AFTER_SHARDS"
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident set of this process since exec (VmHWM; ru_maxrss would include the peak
-    of the parent copy a fork started from)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:  # pragma: no cover - not Linux
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # pragma: no cover
 
 
 @dataclass
