@@ -86,7 +86,6 @@ def test_calibrate_and_list_chips() -> None:
 
 
 def test_plots_are_written(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")  # the optional `plot` extra
     out = run(
         "--model", "llama-3.1-8b", "--chip", "h20,l20", "--batch", "1,16", "--plot", str(tmp_path)
     )
