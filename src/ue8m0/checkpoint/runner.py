@@ -284,7 +284,7 @@ def _warm_up(ckpt: Checkpoint, todo: list[ShardPlan], options: Options) -> None:
     Forked workers inherit them ready; spawned ones find them in the disk cache (workers
     compiling the same numba cache at once have failed: "unexpected cycle in lookup"; the
     compile lock of :func:`ue8m0.kernels.set_compile_lock` covers the rest). Inputs are
-    writable like the reader's ``pread`` slabs, blocks are the plan's: the kernels' signatures.
+    read-only like the reader's ``map_rows`` slabs, blocks are the plan's: the kernels' signatures.
     """
     seen = set()
     with kernels.compile_only():
@@ -303,6 +303,7 @@ def _warm_up(ckpt: Checkpoint, todo: list[ShardPlan], options: Options) -> None:
 def _warm_task(dtype: Any, task: Task, options: Options) -> None:
     br, bc = tuple(task.block) if task.block else (1, 1)
     x = np.zeros((2 * br, 2 * bc), dtype)
+    x.flags.writeable = False  # map_rows hands out read-only slabs
     if isinstance(options, QuantizeOptions):
         # the plain rule (the MSE search runs in numpy)
         el = element_fmt(options.fmt)
