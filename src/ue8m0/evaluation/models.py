@@ -78,9 +78,10 @@ def kind_of_architectures(architectures: Iterable[str]) -> str | None:
     return None
 
 
-def check_model_dir(path: Path) -> None:
-    """Refuse, in one line, a directory eval cannot load: no ``config.json``, weights that are
-    not safetensors (pickles are never opened), an invalid index or shard header."""
+def check_model_dir(path: Path) -> dict[str, Any]:
+    """Refuse, in one line, a directory eval cannot load: no ``config.json`` (or one that is not
+    a JSON object), weights that are not safetensors (pickles are never opened), an invalid index
+    or shard header. Returns the config."""
     from ue8m0.checkpoint.source import open_checkpoint
 
     if not path.is_dir():
@@ -91,14 +92,25 @@ def check_model_dir(path: Path) -> None:
             "no config.json: eval takes a Hugging Face model directory (config.json, "
             "*.safetensors weights, a tokenizer)",
         )
-    open_checkpoint(path)
+    config = open_checkpoint(path).config
+    if not isinstance(config, dict):
+        raise CheckpointError(path / "config.json", "not a JSON object")
+    return config
 
 
 def model_kind(path: Path) -> str:
     """:data:`CAUSAL_LM` or :data:`EMBEDDING` for the model in ``path`` (see the module doc)."""
-    check_model_dir(path)
+    model_type = check_model_dir(path).get("model_type")
     offline()
     transformers = require("transformers", "eval")
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    if model_type not in CONFIG_MAPPING_NAMES:
+        raise CheckpointError(
+            path / "config.json",
+            f"model_type {model_type!r} is not one transformers {transformers.__version__} "
+            "knows (eval runs no custom model code)",
+        )
     try:
         config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -85,7 +85,7 @@ def _perplexity_task(
     ids = perplexity.token_ids(tokenizer, text, settings.max_tokens)
     if len(ids) < 2:
         where = settings.text or "the corpus"
-        raise InputError(f"{where}: {len(ids)} tokens, perplexity needs at least 2")
+        raise InputError(f"{where}: perplexity needs at least 2 tokens, the text has {len(ids)}")
     window = perplexity.window_length(base, settings.max_length)
     doc["text"].update(tokens=len(ids), window=window)
     return Task(
