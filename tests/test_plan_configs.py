@@ -87,3 +87,16 @@ def test_help_error_and_loader_list_the_same_presets() -> None:
     assert " ".join(listed.split()) == ", ".join(preset_names())
     for name in preset_names():
         assert load_model(name).total_params > 0
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [("[" * 100_000 + "]" * 100_000, "nested too deeply"), ("{", "not valid JSON")],
+)
+def test_a_bad_config_json_is_one_plan_error(tmp_path: Path, text: str, reason: str) -> None:
+    from ue8m0.plan.errors import PlanError
+
+    path = tmp_path / "config.json"
+    path.write_text(text)
+    with pytest.raises(PlanError, match=reason):
+        load_model(str(path))

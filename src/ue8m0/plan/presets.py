@@ -71,8 +71,10 @@ def load_model(name_or_path: str | Path) -> ModelSpec:
         raise PlanError(f"unknown model {text!r}: not a preset ({known}) nor a config.json path")
     try:
         config = json.loads(path.read_text("utf-8"))
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PlanError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise PlanError(f"{path}: JSON nested too deeply to be a config") from None
     if not isinstance(config, dict):
         raise PlanError(f"{path}: a config.json must hold a JSON object")
     return model_from_config(config, str(config.get("_name_or_path") or path.parent.name))

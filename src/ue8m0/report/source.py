@@ -10,6 +10,7 @@ slab of rows at a time, so memory stays bounded by the slab, not the tensor.
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -101,21 +102,19 @@ def iter_slabs(ref: TensorRef, rows: int) -> Iterator[np.ndarray]:
     if ref.checkpoint is not None:
         yield from _fp8_slabs(ref, rows)
         return
-    with SafetensorsFile(ref.shard) as st:
-        view = st.get(ref.name)
-        matrices = view.reshape(-1, view.shape[-2], view.shape[-1])
-        step = rows if rows > 0 else matrices.shape[1]
-        for matrix in matrices:
-            for lo in range(0, matrix.shape[0], step):
-                yield matrix[lo : lo + step].astype(np.float32)
-        del view, matrices
+    n, lead = ref.shape[-2], math.prod(ref.shape[:-2])
+    step = rows if rows > 0 else n
+    with SafetensorsFile(ref.shard) as st:  # pread: a source truncated meanwhile is an error
+        for e in range(lead):
+            for lo in range(0, n, step):
+                yield st.read_rows(ref.name, e, lo, min(n, lo + step)).astype(np.float32)
 
 
 def _fp8_slabs(ref: TensorRef, rows: int) -> Iterator[np.ndarray]:
     """Like :func:`iter_slabs` for an FP8 tensor: its float32 dequantized values."""
     assert ref.checkpoint is not None
     reader = _fp8_reader(str(ref.checkpoint))
-    n, lead = ref.shape[-2], int(np.prod(ref.shape[:-2], dtype=np.int64))
+    n, lead = ref.shape[-2], math.prod(ref.shape[:-2])
     step = rows if rows > 0 else n
     with SafetensorsFile(ref.shard) as st:
         for e in range(lead):
