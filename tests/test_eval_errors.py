@@ -77,6 +77,16 @@ def no_architectures(tmp: Path, gpt2: Path) -> tuple[list[str], str]:
     return [str(write_config(tmp / "m", model_type="gpt2"))], "names no architecture"
 
 
+def architectures_not_names(tmp: Path, gpt2: Path) -> tuple[list[str], str]:
+    path = write_config(tmp / "m", model_type="gpt2", architectures=[1, {"a": 2}])
+    return [str(path)], "names no architecture"
+
+
+def model_type_a_list(tmp: Path, gpt2: Path) -> tuple[list[str], str]:
+    path = write_config(tmp / "m", model_type=["gpt2"], architectures=["GPT2LMHeadModel"])
+    return [str(path)], "model_type ['gpt2'] is not one transformers"
+
+
 def unknown_model_type(tmp: Path, gpt2: Path) -> tuple[list[str], str]:
     path = write_config(tmp / "m", model_type="no-such-type", architectures=["XForCausalLM"])
     return [str(path)], "model_type 'no-such-type' is not one transformers"
@@ -136,6 +146,8 @@ CASES: list[Callable[[Path, Path], tuple[list[str], str]]] = [
     masked_lm,
     seq2seq,
     no_architectures,
+    architectures_not_names,
+    model_type_a_list,
     unknown_model_type,
     config_not_json,
     config_a_list,

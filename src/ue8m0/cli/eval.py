@@ -55,7 +55,7 @@ warnings are hidden (UE8M0_DEBUG=1 shows them).
     default=512,
     show_default=True,
     type=click.IntRange(min=2),
-    help="Perplexity window in tokens.",
+    help="Perplexity window in tokens (at most the model's positions).",
 )
 @click.option("--max-tokens", type=click.IntRange(min=2), help="Cut the text to N tokens.")
 @click.option(

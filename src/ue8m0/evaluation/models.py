@@ -105,7 +105,7 @@ def model_kind(path: Path) -> str:
     transformers = require("transformers", "eval")
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
-    if model_type not in CONFIG_MAPPING_NAMES:
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING_NAMES:
         raise CheckpointError(
             path / "config.json",
             f"model_type {model_type!r} is not one transformers {transformers.__version__} "
@@ -117,7 +117,9 @@ def model_kind(path: Path) -> str:
         raise CheckpointError(
             path / "config.json", f"transformers cannot read it: {_one_line(exc)}"
         ) from exc
-    architectures = list(getattr(config, "architectures", None) or [])
+    named = getattr(config, "architectures", None) or []
+    named = [named] if isinstance(named, str) else named
+    architectures = [a for a in named if isinstance(a, str)] if isinstance(named, list) else []
     if not architectures:
         raise CheckpointError(
             path / "config.json",
