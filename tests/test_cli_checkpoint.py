@@ -132,3 +132,22 @@ def test_progress_bars_only_on_a_terminal(
     assert summary["shards_written"] == 2 and summary["peak_rss_mb"] > 10
     # the bars start no thread (tqdm's monitor would make the next run spawn workers)
     assert set(threading.enumerate()) <= threads
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["--format", "compressed-tensors", "--fmt", "e5m2"], "--fmt: compressed-tensors"),
+        (["--format", "mxfp8", "--scale-dtype", "f32"], "--scale-dtype: MXFP8"),
+        (["--format", "mxfp8", "--block", "128x128"], "--block: MXFP8"),
+        (["--scale-rule", "fp32", "--scale-dtype", "e8m0"], "--scale-dtype: e8m0/u8"),
+        (["--include", "("], "--include/--exclude: bad regex"),
+    ],
+)
+def test_option_conflicts_name_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], line: str
+) -> None:
+    src = write_checkpoint(tmp_path / "src", synthetic_tensors())
+    code, _, err = run_cli(["quantize", src, tmp_path / "q", *args], capsys)
+    assert code == 2 and err.startswith(f"ue8m0: error: {line}"), err
+    assert not (tmp_path / "q").exists()

@@ -26,9 +26,25 @@ def _os_error(reason: str) -> _Formatter:
     return format_os_error
 
 
+#: library option name -> the CLI flag that sets it, where the two differ
+FLAG_OF_OPTION = {"layout": "--format", "include/exclude": "--include/--exclude"}
+
+
+def option_flag(option: str) -> str:
+    """The CLI flag of a library option name (``scale_dtype`` -> ``--scale-dtype``): flag
+    names live here, not in the library."""
+    return FLAG_OF_OPTION.get(option, "--" + option.replace("_", "-"))
+
+
+def _option_message(exc: BaseException) -> str:
+    assert isinstance(exc, errors.OptionError)
+    return f"{option_flag(exc.option)}: {exc.reason}"
+
+
 #: exception type -> (formatter, exit code); the first matching entry wins, so subclasses go first
 ERROR_TABLE: list[tuple[type[BaseException], _Formatter, int]] = [
     (errors.CheckpointError, str, 2),
+    (errors.OptionError, _option_message, 2),
     (errors.NonFiniteError, str, 3),
     (errors.FormatNameError, str, 2),
     (errors.BlockError, str, 2),
