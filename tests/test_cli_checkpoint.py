@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -151,3 +152,45 @@ def test_option_conflicts_name_the_flag(
     code, _, err = run_cli(["quantize", src, tmp_path / "q", *args], capsys)
     assert code == 2 and err.startswith(f"ue8m0: error: {line}"), err
     assert not (tmp_path / "q").exists()
+
+
+def test_summary_line_of_a_small_run_has_binary_units_and_a_real_rate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = write_checkpoint(tmp_path / "src", synthetic_tensors())
+    code, out, _ = run_cli(["quantize", src, tmp_path / "q"], capsys)
+    line = out.strip().splitlines()[-1]
+    assert code == 0 and "0.00 GB/s" not in line and " MB" not in line
+    assert re.search(r"\(\d+(\.\d+)? (B|KiB|MiB|GiB)/s\), peak RSS \d+\.\d\d MiB$", line), line
+    code, out, _ = run_cli(["quantize", src, tmp_path / "q"], capsys)  # all resumed
+    assert code == 0 and "(nothing to do)" in out
+
+
+def test_a_single_file_source_warns_that_the_output_has_no_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = write_checkpoint(tmp_path / "src", synthetic_tensors(), index=False)
+    shard = sorted(src.glob("*.safetensors"))[0]
+    code, _, err = run_cli(["quantize", shard, tmp_path / "q"], capsys)
+    assert code == 0 and "has no config.json" in err and "warning" in err
+    code, _, err = run_cli(["quantize", src, tmp_path / "q2"], capsys)
+    assert code == 0 and "config.json" not in err
+
+
+def test_every_output_carries_a_model_card_and_a_gitignore(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = write_checkpoint(tmp_path / "src", synthetic_tensors())
+    (src / "README.md").write_text("---\nlicense: mit\n---\n# The original card\n")
+    assert run_cli(["quantize", src, tmp_path / "q", "-q", "--scale-dtype", "e8m0"], capsys)[0] == 0
+    assert run_cli(["requantize", tmp_path / "q", tmp_path / "r", "-q"], capsys)[0] == 0
+    assert run_cli(["dequantize", tmp_path / "q", tmp_path / "d", "-q"], capsys)[0] == 0
+    for out, command in (("q", "quantize"), ("r", "requantize"), ("d", "dequantize")):
+        card = (tmp_path / out / "README.md").read_text()
+        assert card.startswith("---\nlibrary_name: transformers\n") and "license: mit" in card
+        assert f"`ue8m0 {command}`" in card and "## Error" in card
+        assert card.count("# The original card") == 1  # kept below ours, once
+        ignored = (tmp_path / out / ".gitignore").read_text().splitlines()
+        assert ".ue8m0-manifest.json" in ignored and ".ue8m0-stats/" in ignored
+    assert "Kept as they are:" in (tmp_path / "q" / "README.md").read_text()
+    assert "relative Frobenius error 0" in (tmp_path / "r" / "README.md").read_text()

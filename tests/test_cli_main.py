@@ -63,3 +63,8 @@ def test_error_table() -> None:
     kinds = [k for k, _, _ in ERROR_TABLE]
     for i, kind in enumerate(kinds):  # a subclass never hides behind its base
         assert not any(issubclass(kind, earlier) for earlier in kinds[:i]), kind
+
+
+def test_bare_ue8m0_prints_help_and_succeeds() -> None:
+    result = _run()
+    assert result.returncode == 0 and "Commands:" in result.stdout and not result.stderr

@@ -35,9 +35,18 @@ def _decode_fp4(packed: np.ndarray, scale_bytes: np.ndarray) -> np.ndarray:
     return values * np.repeat(s, 32, axis=1)
 
 
+def _fp4_packed(rng: np.random.Generator, out: int, n_in: int) -> np.ndarray:
+    """Random packed FP4 whose every group of 32 holds a +-6 (so V4's rule gives its scale
+    back) in its first element."""
+    codes = rng.integers(0, 16, (out, n_in), dtype=np.uint8)
+    codes[:, ::32] = rng.choice(np.array([7, 15], np.uint8), (out, n_in // 32))
+    return (codes[:, 0::2] | (codes[:, 1::2] << 4)).view(np.int8)
+
+
 def _v4_tensors(rng: np.random.Generator, fp4: bool = True) -> dict[str, np.ndarray]:
     codes = rng.integers(0, 0x7F, (256, 256), dtype=np.uint8)
     codes[codes == 0x7F] = 0  # no NaN codes
+    codes[::128, ::128] = 0x7E  # each 128x128 block holds a 448 (rceil gives its scale back)
     dense = {
         "layers.0.attn.wq_a.weight": codes.view(E4M3),
         "layers.0.attn.wq_a.scale": rng.integers(110, 125, (2, 2), dtype=np.uint8).view(E8M0),
@@ -49,8 +58,8 @@ def _v4_tensors(rng: np.random.Generator, fp4: bool = True) -> dict[str, np.ndar
     for e in range(2):
         name = f"layers.0.ffn.experts.{e}.w1"
         if fp4:
-            experts[name + ".weight"] = rng.integers(-128, 128, (64, 64), dtype=np.int8)
-            experts[name + ".scale"] = rng.integers(115, 130, (64, 4), dtype=np.uint8).view(E8M0)
+            experts[name + ".weight"] = _fp4_packed(rng, 128, 128)
+            experts[name + ".scale"] = rng.integers(115, 130, (128, 4), dtype=np.uint8).view(E8M0)
         else:  # V4-Flash-Base: FP8 experts with F32 power-of-two .scale
             experts[name + ".weight"] = codes[:128, :128].copy().view(E4M3)
             experts[name + ".scale"] = np.full((1, 1), 2.0**-8, np.float32)
@@ -120,7 +129,7 @@ def test_dequantize_writes_plain_bf16_equal_to_an_independent_decode(
                 if name.endswith("experts.0.w1.weight") or name.endswith("experts.1.w1.weight"):
                     scale = src[name[: -len(".weight")] + ".scale"].view(np.uint8)
                     want = _decode_fp4(src[name], scale)
-                    assert got.dtype == np.float32 and got.shape == (64, 128)
+                    assert got.dtype == np.float32 and got.shape == (128, 128)
                     np.testing.assert_array_equal(got, want.astype(np.float32))
     assert not [n for n in names if n.endswith(".scale")]
 
@@ -183,9 +192,9 @@ def test_a_wrong_shaped_fp4_scale_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     tensors = _v4_tensors(np.random.default_rng(4))
-    tensors["layers.0.ffn.experts.0.w1.scale"] = np.full((64, 2), 127, np.uint8).view(E8M0)
+    tensors["layers.0.ffn.experts.0.w1.scale"] = np.full((128, 2), 127, np.uint8).view(E8M0)
     err = _refused(tmp_path, tensors, _config("fp4"), capsys)
-    assert "needs a scale of shape [64, 4]" in err
+    assert "needs a scale of shape [128, 4]" in err
 
 
 def test_a_scale_without_its_weight_fails_verify(
@@ -198,3 +207,148 @@ def test_a_scale_without_its_weight_fails_verify(
     checks = {c["check"]: c for c in json.loads(out)["checks"]}
     assert code == 1 and not checks["no orphan scales"]["passed"]
     assert "experts.0.w1.scale" in checks["no orphan scales"]["failures"][0]
+
+
+def _read_all(root: Path) -> dict[str, tuple[str, bytes]]:
+    """Every tensor of a checkpoint: name -> (dtype tag, raw bytes)."""
+    out = {}
+    for shard in sorted(root.glob("*.safetensors")):
+        with SafetensorsFile(shard) as f:
+            for name, info in f.tensors.items():
+                out[name] = (info.dtype, f.read_bytes(name, 0, info.nbytes).tobytes())
+    return out
+
+
+def _expert_names(tensors: dict[str, Any]) -> list[str]:
+    return sorted(n for n in tensors if ".experts." in n and n.endswith(".weight"))
+
+
+def test_relayout_to_fp8_is_deepseeks_cast_byte_for_byte(
+    v4: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ue8m0.deepseek_v4 import cast_fp4_to_fp8_v4_oracle
+
+    dst = tmp_path / "fp8"
+    code, out, err = run_cli(["relayout", v4, dst, "--to", "fp8", "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["lossy_tiles"] == 0
+    src, got = _read_all(v4), _read_all(dst)
+    assert set(src) == set(got)
+    experts = _expert_names(src)
+    for name in experts:
+        scale = name[: -len(".weight")] + ".scale"
+        packed = np.frombuffer(src[name][1], np.int8).reshape(128, 64)
+        sbytes = np.frombuffer(src[scale][1], np.uint8).reshape(128, 4)
+        want = cast_fp4_to_fp8_v4_oracle(packed, sbytes)
+        assert got[name] == ("F8_E4M3", want.codes.tobytes())
+        assert got[scale] == ("F8_E8M0", want.scale_bytes.tobytes())
+    for name in set(src) - set(experts) - {n[: -len(".weight")] + ".scale" for n in experts}:
+        assert got[name] == src[name], name  # every other tensor byte for byte
+    config = json.loads((dst / "config.json").read_text())
+    assert config["expert_dtype"] == "fp8"
+    assert config["quantization_config"]["expert_dtype"] == "fp8"
+    # the FP8 output dequantizes to the same values (the cast is exact here; DeepSeek's table
+    # reads code 8 as +0, so -0 becomes +0: equal as values)
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run_cli(["dequantize", v4, a, "-q", "--dtype", "f32"], capsys)[0] == 0
+    assert run_cli(["dequantize", dst, b, "-q", "--dtype", "f32"], capsys)[0] == 0
+    va, vb = _read_all(a), _read_all(b)
+    assert set(va) == set(vb)
+    for name, (tag, raw) in va.items():
+        np.testing.assert_array_equal(
+            np.frombuffer(raw, np.float32), np.frombuffer(vb[name][1], np.float32)
+        )
+
+
+def _spread_tensors() -> dict[str, np.ndarray]:
+    """One expert whose first tile spans 20 binades of group scales (lossy), the second 3."""
+    rng = np.random.default_rng(9)
+    tensors = _v4_tensors(rng)
+    scale = rng.integers(120, 123, (128, 8), dtype=np.uint8)
+    scale[5, 1] = 100  # 20 binades below the tile's largest group: small elements change
+    name = "layers.0.ffn.experts.0.w1"
+    tensors[name + ".weight"] = _fp4_packed(rng, 128, 256)
+    tensors[name + ".scale"] = scale.view(E8M0)
+    return tensors
+
+
+def test_relayout_counts_lossy_tiles_exactly_and_strict_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ue8m0.deepseek_v4 import cast_fp4_to_fp8_v4_oracle
+
+    tensors = _spread_tensors()
+    src = write_checkpoint(tmp_path / "src", {"model.safetensors": tensors}, _config("fp4"))
+    name = "layers.0.ffn.experts.0.w1"
+    want = cast_fp4_to_fp8_v4_oracle(tensors[name + ".weight"], tensors[name + ".scale"])
+    assert want.lossy.count == 1  # the crafted tile, by the oracle
+    code, out, err = run_cli(["relayout", src, tmp_path / "fp8", "--to", "fp8", "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["lossy_tiles"] == 1
+    row = next(r for r in result["report"]["tensors"] if r["name"] == name + ".weight")
+    assert row["lossy"][0][:3] == [0, 0, 0] and row["lossy"][0][3] == pytest.approx(
+        float(want.lossy.max_abs_error[0, 0])
+    )
+    strict = tmp_path / "strict"
+    code, _, err = run_cli(["relayout", src, strict, "--to", "fp8", "--strict"], capsys)
+    assert code == 2 and "--strict: tile (0, 0) would change" in err
+    assert not (strict / "model.safetensors.index.json").exists()
+
+
+def test_relayout_to_fp8_with_workers_gives_the_same_bytes(
+    v4: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert run_cli(["relayout", v4, one, "--to", "fp8", "-q"], capsys)[0] == 0
+    assert run_cli(["relayout", v4, two, "--to", "fp8", "-q", "--workers", "2"], capsys)[0] == 0
+    assert _read_all(one) == _read_all(two)
+
+
+def test_quantize_deepseek_v4_reproduces_the_release_bytes(
+    v4: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """release layout -> dequantize -> quantize --format deepseek-v4: the FP4 bytes (up to the
+    sign of zero) and the FP8 bytes come back."""
+    bf16, again = tmp_path / "bf16", tmp_path / "again"
+    assert run_cli(["dequantize", v4, bf16, "-q"], capsys)[0] == 0
+    code, _, err = run_cli(["quantize", bf16, again, "-q", "--format", "deepseek-v4"], capsys)
+    assert code == 0, err
+    src, got = _read_all(v4), _read_all(again)
+    assert set(src) == set(got)
+    for name, (tag, raw) in src.items():
+        if tag == "I8":  # -0 (code 8) and +0 (code 0) are the same value
+            a = np.frombuffer(raw, np.uint8)
+            b = np.frombuffer(got[name][1], np.uint8)
+            assert got[name][0] == "I8"
+            np.testing.assert_array_equal(_sign_of_zero_normalised(b), _sign_of_zero_normalised(a))
+        else:
+            assert got[name] == (tag, raw), name
+    config = json.loads((again / "config.json").read_text())
+    assert config["expert_dtype"] == "fp4" and config["quantization_config"]["scale_fmt"] == "ue8m0"
+
+
+def _sign_of_zero_normalised(packed: np.ndarray) -> np.ndarray:
+    lo, hi = packed & 0xF, packed >> 4
+    lo = np.where(lo == 8, 0, lo)
+    hi = np.where(hi == 8, 0, hi)
+    return lo | (hi << 4)
+
+
+def test_quantize_deepseek_v4_with_fp8_experts_and_bad_options(
+    v4: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bf16 = tmp_path / "bf16"
+    assert run_cli(["dequantize", v4, bf16, "-q"], capsys)[0] == 0
+    fp8 = tmp_path / "fp8"
+    code, _, err = run_cli(
+        ["quantize", bf16, fp8, "-q", "--format", "deepseek-v4", "--experts", "fp8"], capsys
+    )
+    assert code == 0, err
+    got = _read_all(fp8)
+    assert got["layers.0.ffn.experts.0.w1.weight"][0] == "F8_E4M3"
+    assert got["layers.0.ffn.experts.0.w1.scale"][0] == "F8_E8M0"
+    assert json.loads((fp8 / "config.json").read_text())["expert_dtype"] == "fp8"
+    code, _, err = run_cli(["quantize", bf16, tmp_path / "x", "--experts", "fp4"], capsys)
+    assert code == 2 and "--experts" in err

@@ -118,7 +118,12 @@ def test_already_ue8m0_checkpoint_comes_out_byte_identical(
     assert code == 0, err
     total = json.loads(out)["report"]["total"]
     assert total["blocks_copied"] == total["blocks"] > 0 and total["rel_frobenius"] == 0
-    assert visible_files(tmp_path / "again") == visible_files(src)
+    again, before = visible_files(tmp_path / "again"), visible_files(src)
+    # the weights, scales, config and copied files; the model card says what ran
+    assert b"ue8m0 requantize" in again.pop("README.md") and b"ue8m0 quantize" in before.pop(
+        "README.md", b"ue8m0 quantize"
+    )
+    assert again == before
 
 
 def test_rq1_float32_path_and_per_block_copy(
@@ -256,3 +261,20 @@ def test_report_reads_an_fp8_checkpoint_as_its_dequantized_values(
     assert len(fp8) == len(plain) and not any(n.endswith("_scale_inv") for n in fp8)
     for name, row in fp8.items():
         assert row["recipes"] == plain[name]["recipes"], name
+
+
+def test_requantize_prints_a_summary_and_the_worst_tensors_unless_verbose(
+    ckpts: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run_cli(["requantize", ckpts["fp32"], tmp_path / "a", "--top", "1"], capsys)
+    report = json.loads(
+        run_cli(["requantize", ckpts["fp32"], tmp_path / "b", "--json"], capsys)[1]
+    )["report"]
+    names = [r["name"] for r in report["tensors"]]
+    worst = max(report["tensors"], key=lambda r: r["rel_frobenius"])["name"]
+    assert code == 0 and len(names) > 1
+    assert "rel. Frobenius error per tensor: p50" in out
+    assert f"worst 1 of {len(names)}" in out and worst in out
+    assert [n for n in names if n in out] == [worst]
+    code, out, _ = run_cli(["requantize", ckpts["fp32"], tmp_path / "c", "--verbose"], capsys)
+    assert code == 0 and all(n in out for n in names)

@@ -22,6 +22,8 @@ from ue8m0.policies import DEFAULT_EPS, NonFinite, ScaleRule, ScaleSearch
 
 #: ``dtype`` option of ``dequantize`` -> safetensors tag
 DEQUANT_DTYPES = {"bf16": "BF16", "f32": "F32"}
+#: ``experts`` option of layouts with FP4 routed experts (DeepSeek-V4's ``expert_dtype``)
+EXPERT_DTYPES = ("fp4", "fp8")
 #: ``scales`` option of ``relayout``: each group's canonical scale, or the source byte repeated
 RELAYOUT_SCALES = ("canonical", "repeat")
 
@@ -57,6 +59,9 @@ class QuantizeOptions:
     pad_partial: bool = False
     layout: str = DEEPSEEK.name
     scale_search: str | None = None
+    #: routed experts of a layout that holds FP4 experts: ``fp4`` (its FP4 rule) or ``fp8``
+    #: (None: fp4 there; not applicable elsewhere)
+    experts: str | None = None
 
     @property
     def out_layout(self) -> Layout:
@@ -81,6 +86,15 @@ class QuantizeOptions:
                 re.compile(regex)
             except re.error as exc:
                 raise OptionError("include/exclude", f"bad regex {regex!r}: {exc}") from None
+        experts = self.experts
+        if layout.fp4_experts is None and experts is not None:
+            raise OptionError("experts", f"{layout.title} has no FP4 experts to choose for")
+        if layout.fp4_experts is not None:
+            experts = experts or EXPERT_DTYPES[0]
+            if experts not in EXPERT_DTYPES:
+                raise OptionError(
+                    "experts", f"unknown {experts!r}; known: {', '.join(EXPERT_DTYPES)}"
+                )
         return replace(
             self,
             block=block,
@@ -91,6 +105,7 @@ class QuantizeOptions:
             include=tuple(self.include),
             exclude=tuple(self.exclude),
             scale_search=_search(self.scale_search, rule),
+            experts=experts,
         )
 
     def params(self) -> dict[str, Any]:
@@ -188,5 +203,22 @@ class Fp8Options:
         return layout.default_scale_dtype
 
 
+@dataclass(frozen=True)
+class Fp4RepackOptions:
+    """Parameters of ``relayout --to fp8``: DeepSeek-V4's packed FP4 routed experts repacked to
+    FP8 E4M3 with 128x128 F8_E8M0 scales, byte for byte as DeepSeek's own cast; ``strict``
+    refuses any tile whose values would change."""
+
+    writes_stats: ClassVar[bool] = True
+
+    strict: bool = False
+
+    def validated(self) -> Fp4RepackOptions:
+        return self
+
+    def params(self) -> dict[str, Any]:
+        return {"to": "fp8", **asdict(self)}
+
+
 #: the options of any converting command, as a plan carries them
-Options = QuantizeOptions | DequantizeOptions | Fp8Options
+Options = QuantizeOptions | DequantizeOptions | Fp8Options | Fp4RepackOptions

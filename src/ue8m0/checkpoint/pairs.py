@@ -179,3 +179,16 @@ def _read(path: Path, name: str) -> np.ndarray:
 
 def _decode(f: SafetensorsFile, name: str) -> np.ndarray:
     return decode_scale(f.read(name), f.info(name).dtype)
+
+
+def load_scale_bytes(
+    root: Path, weight: Fp8Weight, opened: SafetensorsFile | None = None
+) -> np.ndarray:
+    """The stored UE8M0 bytes (uint8) of a byte-scale weight (F8_E8M0 or U8), as stored."""
+    path = root / weight.scale_shard
+    if opened is not None and opened.path == path:
+        raw = opened.read(weight.scale)
+    else:
+        with SafetensorsFile(path) as f:
+            raw = f.read(weight.scale)
+    return raw.view(np.uint8)

@@ -69,6 +69,14 @@ def plan_fp8(ckpt: Checkpoint, kind: str, opts: Fp8Options) -> Plan:
     if kind not in KINDS:
         raise ValueError(f"unknown FP8 conversion {kind!r}")
     weights = find_fp8_weights(ckpt)
+    packed = next((w for w in weights.values() if w.packed), None)
+    if packed is not None:
+        raise CheckpointError(
+            ckpt.path(ckpt.weight_map[packed.name]),
+            f"packed FP4 weight: {kind} converts FP8 weights "
+            "(relayout --to fp8 repacks FP4 experts first)",
+            packed.name,
+        )
     if not weights:
         raise CheckpointError(ckpt.root, "no FP8 weights (ue8m0 quantize converts BF16/F32)")
     layout = opts.out_layout

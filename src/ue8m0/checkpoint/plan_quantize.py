@@ -7,12 +7,22 @@ import re
 
 from ue8m0.checkpoint.options import QuantizeOptions
 from ue8m0.checkpoint.plan import Plan, ShardPlan, Task, copy_task
-from ue8m0.checkpoint.registry import FMTS, module_of
+from ue8m0.checkpoint.registry import FMTS, FP4, MX_BLOCK, module_of
 from ue8m0.checkpoint.safetensors import FLOAT_TAGS, FP8_TAGS, TensorInfo
 from ue8m0.checkpoint.scales import SCALE_DTYPES, scale_grid
 from ue8m0.checkpoint.source import Checkpoint
 from ue8m0.checkpoint.writer import OutSpec
 from ue8m0.errors import CheckpointError
+
+
+def _fp4_outputs(info: TensorInfo, layout_scale: str) -> tuple[OutSpec, ...]:
+    """A routed expert stored as packed FP4: I8 ``[..., out, in/2]`` and F8_E8M0 scales
+    ``[..., out, in/32]`` (DeepSeek-V4's release layout)."""
+    *lead, out, n_in = info.shape
+    return (
+        OutSpec(info.name, "I8", (*lead, out, n_in // 2)),
+        OutSpec(layout_scale, "F8_E8M0", (*lead, out, n_in // MX_BLOCK[1])),
+    )
 
 
 def _quantize_decision(info: TensorInfo, opts: QuantizeOptions) -> str | None:
@@ -34,11 +44,17 @@ def _quantize_decision(info: TensorInfo, opts: QuantizeOptions) -> str | None:
             return reason
     if 0 in info.shape:
         return "empty"
+    if _as_fp4(info, opts):
+        return None if info.shape[-1] % MX_BLOCK[1] == 0 else "inputs not a multiple of 32 (FP4)"
     assert opts.block is not None
     br, bc = opts.block
     if not opts.pad_partial and (info.shape[-2] % br or info.shape[-1] % bc):
         return f"dims {info.shape[-2:]} not multiples of the block (use --pad-partial)"
     return None
+
+
+def _as_fp4(info: TensorInfo, opts: QuantizeOptions) -> bool:
+    return opts.experts == "fp4" and opts.out_layout.is_fp4_expert(info.name)
 
 
 def plan_quantize(ckpt: Checkpoint, opts: QuantizeOptions) -> Plan:
@@ -57,7 +73,11 @@ def plan_quantize(ckpt: Checkpoint, opts: QuantizeOptions) -> Plan:
         tasks = []
         for info in ckpt.shard_tensors(shard):
             reason = _quantize_decision(info, opts)
-            if reason is None:
+            if reason is None and _as_fp4(info, opts):
+                outs = _fp4_outputs(info, layout.scale_name(info.name))
+                why = "routed expert: DeepSeek-V4's FP4 rule"
+                tasks.append(Task(info.name, "quantize_fp4", why, outs, block=MX_BLOCK, fmt=FP4))
+            elif reason is None:
                 outs = (
                     OutSpec(info.name, el_tag, info.shape),
                     OutSpec(
@@ -78,7 +98,10 @@ def plan_quantize(ckpt: Checkpoint, opts: QuantizeOptions) -> Plan:
         config["quantization_config"] = layout.quant_config(
             opts.fmt, opts.block, opts.scale_rule != "fp32", sorted(set(kept_modules))
         )
+        if opts.experts is not None:  # written where every V4 loader looks for it
+            config["expert_dtype"] = opts.experts
+            config["quantization_config"]["expert_dtype"] = opts.experts
     plan = Plan("quantize", shards, config, opts)
-    if not any(t.action == "quantize" for t in plan.tasks):
+    if all(t.action == "copy" for t in plan.tasks):
         plan.notes.append("no tensor is converted (check --include/--exclude and the block)")
     return plan

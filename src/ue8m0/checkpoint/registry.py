@@ -142,6 +142,26 @@ def _ct_config(
     }
 
 
+def _v4_config(
+    layout: Layout, fmt: str, block: tuple[int, int], ue8m0: bool, not_converted: list[str]
+) -> dict[str, Any]:
+    """DeepSeek-V4's ``quantization_config`` as its releases write it (no skip list: what stays
+    in high precision follows from the tensors' dtypes); ``expert_dtype`` is set beside it by
+    the planner."""
+    config = _fp8_config(layout, fmt, block, ue8m0, not_converted)
+    del config["modules_to_not_convert"]
+    return config
+
+
+#: what DeepSeek-V4 releases keep in high precision (from their tensor dtypes): besides the
+#: common list, the output head ``head.weight`` and the attention compressors (BF16)
+V4_KEEP: tuple[tuple[re.Pattern[str], str], ...] = (
+    *DEFAULT_KEEP,
+    (re.compile(r"(^|\.)head\.weight$"), "output head"),
+    (re.compile(r"\.compressor\."), "kept by DeepSeek-V4 (BF16 compressor)"),
+)
+
+
 @dataclass(frozen=True)
 class Layout:
     """One on-disk layout of FP8 block-scaled weights."""
@@ -178,8 +198,8 @@ class Layout:
     #: how elements are stored
     elements: str = "one FP8 code per byte (F8_E4M3 / F8_E5M2)"
     #: it may hold packed FP4 weights (two E2M1 codes per byte, a scale per 32 inputs) where
-    #: its config says ``expert_dtype: fp4``
-    fp4_experts: bool = False
+    #: its config says ``expert_dtype: fp4``: the routed experts these names match
+    fp4_experts: re.Pattern[str] | None = None
     notes: tuple[str, ...] = field(default=())
 
     @property
@@ -194,6 +214,10 @@ class Layout:
 
     def is_scale_name(self, name: str) -> bool:
         return name.endswith((".weight" if not self.scale_of_module else "") + self.scale_suffix)
+
+    def is_fp4_expert(self, name: str) -> bool:
+        """Whether ``name`` is a routed-expert weight this layout may store as packed FP4."""
+        return self.fp4_experts is not None and bool(self.fp4_experts.search(name))
 
     def keep_reason(self, name: str) -> str | None:
         """Why ``name`` stays high precision by default in this layout, or None."""
@@ -277,10 +301,13 @@ DEEPSEEK_V4 = Layout(
     scale_suffix=".scale",
     scale_of_module=True,
     scale_dtypes=("e8m0", "f32"),
-    writable=False,
+    fmts=("e4m3",),
+    power_of_two=True,
+    config_writer=_v4_config,
+    keep=V4_KEEP,
     elements="FP8 codes one per byte; routed experts under expert_dtype fp4: two E2M1 codes per "
     "I8 byte (element 2i in the low nibble), one F8_E8M0 scale per 32 inputs",
-    fp4_experts=True,
+    fp4_experts=re.compile(r"(^|\.)ffn\.experts\.\d+\.w[123]\.weight$"),
 )
 
 #: every layout, in the order detection asks them (the most specific first)
@@ -298,13 +325,17 @@ def get_layout(name: str | Layout) -> Layout:
     return found
 
 
-def layout_names(*, writable: bool = True, fixed_block: bool | None = None) -> list[str]:
-    """Layout names for option choices: the writable ones, optionally by fixed block."""
+def layout_names(
+    *, writable: bool = True, fixed_block: bool | None = None, fp4_experts: bool = True
+) -> list[str]:
+    """Layout names for option choices: the writable ones, optionally by fixed block and
+    without the layouts that hold FP4 experts."""
     return [
         layout.name
         for layout in sorted(LAYOUTS, key=lambda lay: (lay is not DEEPSEEK, lay.name))
         if (layout.writable or not writable)
         and (fixed_block is None or layout.fixed_block == fixed_block)
+        and (fp4_experts or layout.fp4_experts is None)
     ]
 
 

@@ -37,6 +37,8 @@ def build_report(plan: Plan, dst: Path) -> dict[str, Any]:
         "blocks": sum(r.get("blocks", 0) for r in rows),
         "blocks_copied": sum(r.get("blocks_copied", 0) for r in rows),
     }
+    if any("lossy_tiles" in r for r in rows):
+        total["lossy_tiles"] = sum(r.get("lossy_tiles", 0) for r in rows)
     if search:
         for r in rows:
             r.update(_gain(r.get("rule_err_sq", 0.0), r.get("search_err_sq", 0.0)))
@@ -61,16 +63,42 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def report_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+def report_rows(
+    report: dict[str, Any], worst: int | None = None
+) -> tuple[list[str], list[list[str]]]:
+    """The table's headers and rows: every tensor in order, or the ``worst`` largest relative
+    errors, largest first."""
     search = "gain_db" in report["total"]
     headers = ["tensor", "mode", *COLUMNS] + (["mse gain dB"] if search else [])
+    tensors = report["tensors"]
+    if worst is not None:
+        ranked = sorted(tensors, key=lambda r: -r["rel_frobenius"])
+        tensors = [r for r in ranked[:worst] if r["rel_frobenius"] > 0]
     out = []
-    for r in report["tensors"]:
+    for r in tensors:
         row = [r["name"], r["mode"], *(_fmt(r[c]) for c in COLUMNS)]
         if search:
             row.append(f"{r['gain_db']:.4f}")
         out.append(row)
     return headers, out
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """Counts by mode and the spread of the per-tensor relative errors (the screen summary)."""
+    rows = report["tensors"]
+    modes: dict[str, int] = {}
+    for r in rows:
+        modes[r["mode"]] = modes.get(r["mode"], 0) + 1
+    out = [", ".join(f"{n} {mode}" for mode, n in sorted(modes.items())) or "no tensors"]
+    errs = sorted(r["rel_frobenius"] for r in rows)
+    if errs:
+        pct = {p: errs[min(len(errs) - 1, int(p / 100 * len(errs)))] for p in (50, 90, 99)}
+        out.append(
+            "rel. Frobenius error per tensor: "
+            + ", ".join(f"p{p} {_fmt(v)}" for p, v in pct.items())
+            + f", max {_fmt(errs[-1])}"
+        )
+    return out
 
 
 def total_line(report: dict[str, Any]) -> str:
@@ -80,7 +108,9 @@ def total_line(report: dict[str, Any]) -> str:
         f"{t['rel_frobenius']:.6f}, SQNR {t['sqnr_db']:.2f} dB, max abs error "
         f"{t['max_abs_error']:.4g}"
     )
-    if report["command"] == "requantize":
+    if "lossy_tiles" in t:
+        line += f"; {t['lossy_tiles']} of {t['blocks']} tiles changed value (lossy)"
+    elif report["command"] == "requantize":
         line += f"; {t['blocks_copied']}/{t['blocks']} blocks already power-of-two, copied"
     else:
         lossy = len(report["requantized_tensors"])

@@ -31,15 +31,18 @@ from ue8m0 import kernels
 from ue8m0.api import QuantizedTensor, dequantize, quantize
 from ue8m0.checkpoint.convert import convert_shard
 from ue8m0.checkpoint.manifest import Manifest, source_fingerprint
+from ue8m0.checkpoint.modelcard import CARD_NAME, write_card
 from ue8m0.checkpoint.options import DequantizeOptions, Fp8Options, Options, QuantizeOptions
 from ue8m0.checkpoint.plan import Plan, ShardPlan, Task
 from ue8m0.checkpoint.progress import Progress, peak_rss_bytes
-from ue8m0.checkpoint.registry import element_fmt
+from ue8m0.checkpoint.registry import FP4, MX_BLOCK, element_fmt
 from ue8m0.checkpoint.safetensors import DTYPES
 from ue8m0.checkpoint.source import INDEX_NAME, Checkpoint, check_destination
 from ue8m0.checkpoint.steps import KERNEL_STEPS
 from ue8m0.checkpoint.writer import TMP_SUFFIX, copy_atomic, write_json_atomic
+from ue8m0.deepseek_v4 import quantize_fp4_v4
 from ue8m0.errors import CheckpointError
+from ue8m0.formats import FLOAT4_E2M1FN
 
 #: test-only hook: stop (sleep) after this many shards are recorded, to be killed mid-run
 STOP_AFTER_ENV = "UE8M0_TEST_STOP_AFTER_SHARDS"
@@ -63,6 +66,7 @@ class RunResult:
             "shards_written": len(self.written),
             "shards_resumed": len(self.skipped),
             "seconds": round(self.seconds, 3),
+            "bytes_converted": converted,
             "input_gb_per_s": round(converted / 1e9 / self.seconds, 3) if self.seconds else 0,
             "peak_rss_mb": round(peak / 2**20, 1),
             "worker_start": self.worker_start,
@@ -304,6 +308,17 @@ def _warm_task(dtype: Any, task: Task, options: Options) -> None:
     br, bc = tuple(task.block) if task.block else (1, 1)
     x = np.zeros((2 * br, 2 * bc), dtype)
     x.flags.writeable = False  # map_rows hands out read-only slabs
+    if task.action == "quantize_fp4":
+        quantize_fp4_v4(x)
+        return
+    if task.fmt == FP4:  # dequantized from unpacked (writable) codes
+        codes = np.zeros((2, 2 * bc), np.uint8).view(FLOAT4_E2M1FN.dtype)
+        q4 = QuantizedTensor.from_stored(
+            codes, np.ones((2, 2), np.float32), FLOAT4_E2M1FN, MX_BLOCK
+        )
+        as_bf16 = isinstance(options, DequantizeOptions) and options.dtype == "bf16"
+        dequantize(q4, ml_dtypes.bfloat16 if as_bf16 else np.float32)
+        return
     if isinstance(options, QuantizeOptions):
         # the plain rule (the MSE search runs in numpy)
         el = element_fmt(options.fmt)
@@ -335,12 +350,14 @@ def _drain(q: Any, progress: Progress, sizes: dict[str, int], started: set[str])
 
 
 def _finalize(ckpt: Checkpoint, plan: Plan, dst: Path) -> None:
+    """The copied files, config.json, the model card and .gitignore, then (last) the index."""
     for rel in ckpt.extra_files:
-        if rel == "config.json" and plan.config is not None:
+        if (rel == "config.json" and plan.config is not None) or rel == CARD_NAME:
             continue
         copy_atomic(ckpt.root / rel, dst / rel)
     if plan.config is not None:
         write_json_atomic(dst / "config.json", plan.config)
+    write_card(ckpt, plan, dst)
     weight_map = dict(sorted(plan.weight_map().items()))
     write_json_atomic(
         dst / INDEX_NAME, {"metadata": {"total_size": plan.out_bytes}, "weight_map": weight_map}

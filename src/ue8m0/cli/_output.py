@@ -12,6 +12,7 @@ import click
 
 from ue8m0.checkpoint.progress import Progress
 from ue8m0.policies import DEFAULT_EPS, ScaleSearch
+from ue8m0.printable import printable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -87,7 +88,19 @@ def eps_option(func: F) -> F:
 
 
 def report_option(func: F) -> F:
-    """``--report PATH``: the per-tensor report of requantize / relayout, also to a file."""
+    """``--report PATH``, ``--top N`` and ``--verbose``: the per-tensor report of requantize /
+    relayout (a summary and the worst N tensors on screen; all of them with ``--verbose``, in
+    ``--json`` and in the ``--report`` files)."""
+    func = click.option(
+        "-v", "--verbose", is_flag=True, help="Print every tensor's row, not just the worst."
+    )(func)
+    func = click.option(
+        "--top",
+        type=click.IntRange(min=0),
+        default=10,
+        show_default=True,
+        help="How many of the worst tensors the summary lists.",
+    )(func)
     return click.option(
         "--report",
         "report_path",
@@ -202,11 +215,13 @@ def run_summary_line(summary: dict[str, Any], dst: Any) -> str:
     counts = summary["tensors"]
     done = ", ".join(f"{n} {a}" for a, n in sorted(counts.items()))
     resumed = f", {summary['shards_resumed']} resumed" if summary["shards_resumed"] else ""
+    seconds = summary["seconds"]
+    converted = summary["bytes_converted"]
+    rate = f"{human_bytes(converted / seconds)}/s" if seconds > 0 and converted else "nothing to do"
     return (
         f"{dst}: {done}; {summary['shards_written']} shards written{resumed}; "
         f"{human_bytes(summary['bytes_in'])} -> {human_bytes(summary['bytes_out'])} in "
-        f"{summary['seconds']:.1f} s ({summary['input_gb_per_s']:.2f} GB/s), "
-        f"peak RSS {summary['peak_rss_mb']:.0f} MB"
+        f"{seconds:.1f} s ({rate}), peak RSS {human_bytes(summary['peak_rss_mb'] * 2**20)}"
     )
 
 
@@ -258,4 +273,11 @@ def run_or_print_plan(
     result = run_plan(ckpt, plan, dst, workers, make_progress(quiet, as_json), ray_address)
     if not as_json and not quiet:
         click.echo(run_summary_line(result.summary(), dst))
+    if plan.config is None and not quiet:
+        click.echo(
+            f"ue8m0: warning: {printable(str(dst))} has no config.json (the source is a single "
+            ".safetensors file): transformers and vLLM cannot load it as a model until the "
+            "model's config.json is added",
+            err=True,
+        )
     return result

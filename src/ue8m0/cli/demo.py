@@ -13,7 +13,14 @@ from typing import Any
 
 import click
 
-from ue8m0.cli._output import echo_json, fork_safe_kernels, make_progress, output_options, table
+from ue8m0.cli._output import (
+    echo_json,
+    fork_safe_kernels,
+    human_bytes,
+    make_progress,
+    output_options,
+    table,
+)
 
 EXAMPLES = """
 \b
@@ -98,7 +105,7 @@ def _print(result: dict[str, Any]) -> None:
         sq = r["total"]["sqnr_db"]
         click.echo(
             f"{rule:>5}: {q['tensors'].get('quantize', 0)} tensors FP8, "
-            f"{q['bytes_in'] / 1e6:.1f} MB -> {q['bytes_out'] / 1e6:.1f} MB, "
+            f"{human_bytes(q['bytes_in'])} -> {human_bytes(q['bytes_out'])}, "
             f"rel. Frobenius error {r['total']['rel_frobenius']:.5f}, "
             f"SQNR {sq if math.isinf(sq) else round(sq, 2)} dB, {verdict}"
         )

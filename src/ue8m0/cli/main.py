@@ -68,6 +68,10 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; known errors become one line on stderr and a non-zero exit."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args:  # a bare `ue8m0` asks for help: give it, and succeed
+        click.echo(cli.get_help(click.Context(cli, info_name="ue8m0")))
+        return
     try:
         # without standalone mode click returns (not raises) a command's ctx.exit(code)
         rc = cli.main(args=argv, prog_name="ue8m0", standalone_mode=False)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ue8m0.checkpoint.options import EXPERT_DTYPES
 from ue8m0.checkpoint.registry import DEEPSEEK, FMTS, layout_names
 from ue8m0.checkpoint.scales import SCALE_DTYPES
 from ue8m0.cli._output import (
@@ -28,6 +29,7 @@ Examples:
   ue8m0 quantize SRC DST --scale-search mse          # per block, the better of 2 exponents
   ue8m0 quantize SRC DST --format compressed-tensors # weight_scale, config_groups (block)
   ue8m0 quantize SRC DST --format mxfp8              # 1x32 groups, U8 scales
+  ue8m0 quantize V4-BF16 DST --format deepseek-v4    # V4 release layout: FP4 experts, E8M0
 
 \b
 Output (DeepSeek-V3.1 layout; transformers on CPU loads it in this project's tests): X.weight
@@ -40,6 +42,9 @@ Loaders differ on partial grids: vLLM takes a partial block only in the last par
 layer; transformers on CPU infers the block from the grid, refuses a grid that does not divide
 (576 rows, 5 scale rows) and silently misreads one that does (192 rows, 2 scale rows: 96-row
 blocks).
+--format deepseek-v4 takes DeepSeek-V4 tensor names and writes its release layout: FP8 with
+F8_E8M0 <module>.scale (128x128, rceil), routed experts packed FP4 (DeepSeek-V4's FP4 rule, one
+F8_E8M0 scale per 32 inputs; --experts fp8 keeps them FP8), expert_dtype in config.json.
 --format compressed-tensors writes X.weight_scale (F32) and a float-quantized config_groups
 config (strategy block, block_structure); --format mxfp8 writes 1x32 groups with U8 biased-exponent
 X.weight_scale_inv and quant_method mxfp8 (as SGLang reads MXFP8).
@@ -103,6 +108,13 @@ Rerunning into the same DST resumes; other parameters are refused.
     help="Keep tensors matching in high precision (repeatable).",
 )
 @click.option(
+    "--experts",
+    type=click.Choice(list(EXPERT_DTYPES)),
+    default=None,
+    help="--format deepseek-v4: routed experts as packed FP4 (V4's FP4 rule, the release "
+    "layout) or FP8 [fp4].",
+)
+@click.option(
     "--pad-partial",
     is_flag=True,
     help="Also convert weights whose dims are not multiples of the block.",
@@ -121,6 +133,7 @@ def quantize(
     nonfinite: str,
     include: tuple[str, ...],
     exclude: tuple[str, ...],
+    experts: str | None,
     pad_partial: bool,
     dry_run: bool,
     workers: int,
@@ -145,6 +158,7 @@ def quantize(
         pad_partial=pad_partial,
         layout=out_format,
         scale_search=scale_search,
+        experts=experts,
     ).validated()
     ckpt = open_checkpoint(src)
     check_destination(src, dst)

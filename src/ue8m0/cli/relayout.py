@@ -17,6 +17,8 @@ Examples:
   ue8m0 relayout ./DeepSeek-V3.1 ./DeepSeek-V3.1-MXFP8 --to mxfp8 --workers 8
   ue8m0 relayout SRC DST --to mxfp8 --scales repeat
   ue8m0 relayout SRC DST --to mxfp8 --dry-run     # which tensors are lossless
+  ue8m0 relayout ./DeepSeek-V4-Flash ./DeepSeek-V4-Flash-FP8 --to fp8 --workers 2
+  ue8m0 relayout SRC DST --to fp8 --strict --json # refuse if any tile would change
 
 \b
 Writes 1x32 groups along the input dim: X.weight F8_E4M3 and X.weight_scale_inv U8 biased
@@ -26,7 +28,19 @@ are powers of two: by default each group gets its canonical rceil scale (identic
 ue8m0.quantize(dequantized, block=(1, 32)), checked value by value); --scales repeat copies the
 element bytes and repeats each source scale byte. Tensors whose scales are not powers of two
 are dequantized and requantized (lossy) and listed, with their error.
+
+\b
+--to fp8 repacks DeepSeek-V4's packed FP4 routed experts (expert_dtype fp4) to FP8 E4M3 with
+128x128 F8_E8M0 .scale tensors, byte for byte as DeepSeek's own cast_e2m1fn_to_e4m3fn, for
+Hopper/H20 (FP8 but no FP4 tensor cores); every other tensor is copied byte for byte and
+config.json says expert_dtype fp8 (top level and in quantization_config). The cast is exact
+where a tile's group scales span at most 14 binades; every tile whose values change is counted
+(lossy_tiles in --json) and listed with its error; --strict refuses such a tile.
 """
+
+#: ``--to fp8``: DeepSeek-V4's FP4 experts repacked to FP8 (not a layout of its own: the V4
+#: layout with FP8 experts)
+FP8_REPACK = "fp8"
 
 
 @click.command(epilog=EXAMPLES)
@@ -35,11 +49,12 @@ are dequantized and requantized (lossy) and listed, with their error.
 @click.option(
     "--to",
     "to",
-    type=click.Choice(layout_names(fixed_block=True)),
+    type=click.Choice([*layout_names(fixed_block=True), FP8_REPACK]),
     default=MXFP8.name,
     show_default=True,
-    help="Target layout.",
+    help="Target: mxfp8 (from UE8M0 FP8) or fp8 (DeepSeek-V4's FP4 experts to FP8).",
 )
+@click.option("--strict", is_flag=True, help="--to fp8: refuse when any tile would change.")
 @click.option(
     "--scales",
     type=click.Choice(list(RELAYOUT_SCALES)),
@@ -55,15 +70,24 @@ def relayout(
     dst: Path,
     to: str,
     scales: str,
+    strict: bool,
     eps: float,
     report_path: Path | None,
+    top: int,
+    verbose: bool,
     dry_run: bool,
     workers: int,
     quiet: bool,
     as_json: bool,
 ) -> None:
-    """Relayout a UE8M0 block-scaled FP8 checkpoint to MXFP8 (lossless)."""
-    from ue8m0.checkpoint.options import Fp8Options
+    """Relayout a UE8M0 FP8 checkpoint to MXFP8, or DeepSeek-V4's FP4 experts to FP8."""
+    from ue8m0.checkpoint.options import Fp4RepackOptions, Fp8Options
 
-    opts = Fp8Options(layout=to, scale_dtype="u8", eps=eps, scales=scales).validated()
-    run_fp8_command("relayout", src, dst, opts, report_path, dry_run, workers, quiet, as_json)
+    opts: Fp8Options | Fp4RepackOptions
+    if to == FP8_REPACK:
+        opts = Fp4RepackOptions(strict=strict).validated()
+    else:
+        opts = Fp8Options(layout=to, scale_dtype="u8", eps=eps, scales=scales).validated()
+    run_fp8_command(
+        ("relayout", opts), src, dst, (report_path, top, verbose), dry_run, workers, quiet, as_json
+    )

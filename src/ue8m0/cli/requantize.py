@@ -21,7 +21,7 @@ from ue8m0.cli._output import (
 from ue8m0.policies import ScaleRule
 
 if TYPE_CHECKING:
-    from ue8m0.checkpoint.options import Fp8Options
+    from ue8m0.checkpoint.options import Fp4RepackOptions, Fp8Options
 
 EXAMPLES = """
 \b
@@ -50,7 +50,7 @@ writes PATH.json and PATH.md). Rerunning into the same DST resumes.
 @click.option(
     "--format",
     "out_format",
-    type=click.Choice(layout_names(fixed_block=False)),
+    type=click.Choice(layout_names(fixed_block=False, fp4_experts=False)),
     default=DEEPSEEK.name,
     show_default=True,
     help="Output layout.",
@@ -83,6 +83,8 @@ def requantize(
     scale_dtype: str,
     eps: float,
     report_path: Path | None,
+    top: int,
+    verbose: bool,
     dry_run: bool,
     workers: int,
     quiet: bool,
@@ -98,39 +100,74 @@ def requantize(
         eps=eps,
         scale_search=scale_search,
     ).validated()
-    run_fp8_command("requantize", src, dst, opts, report_path, dry_run, workers, quiet, as_json)
+    run_fp8_command(
+        ("requantize", opts),
+        src,
+        dst,
+        (report_path, top, verbose),
+        dry_run,
+        workers,
+        quiet,
+        as_json,
+    )
 
 
 def run_fp8_command(
-    kind: str,
+    what: tuple[str, Fp8Options | Fp4RepackOptions],
     src: Path,
     dst: Path,
-    opts: Fp8Options,
-    report_path: Path | None,
+    shown: tuple[Path | None, int, bool],
     dry_run: bool,
     workers: int,
     quiet: bool,
     as_json: bool,
 ) -> None:
-    """Plan, run and report ``requantize`` / ``relayout``."""
+    """Plan, run and report ``requantize`` / ``relayout`` (``what``: the kind and its options;
+    FP4 repack options plan DeepSeek-V4's FP4 -> FP8 repack)."""
+    from ue8m0.checkpoint.options import Fp4RepackOptions
+    from ue8m0.checkpoint.plan_fp4 import plan_fp4_repack
     from ue8m0.checkpoint.plan_fp8 import plan_fp8
-    from ue8m0.checkpoint.requant_report import build_report, report_rows, total_line, write_report
+    from ue8m0.checkpoint.requant_report import (
+        build_report,
+        report_rows,
+        summary_lines,
+        total_line,
+        write_report,
+    )
     from ue8m0.checkpoint.source import check_destination, open_checkpoint
 
+    kind, opts = what
+    report_path, top, verbose = shown
     ckpt = open_checkpoint(src)
     check_destination(src, dst)
-    plan = plan_fp8(ckpt, kind, opts)
+    if isinstance(opts, Fp4RepackOptions):
+        plan = plan_fp4_repack(ckpt, opts)
+    else:
+        plan = plan_fp8(ckpt, kind, opts)
     result = run_or_print_plan(ckpt, plan, dst, dry_run, workers, quiet, as_json, detail=True)
     if result is None:
         return
     report = build_report(plan, dst)
     written = write_report(report, report_path) if report_path is not None else None
     if as_json:
-        echo_json({**result.summary(), "dst": str(dst), "report": report})
+        extra = (
+            {"lossy_tiles": report["total"]["lossy_tiles"]}
+            if "lossy_tiles" in report["total"]
+            else {}
+        )
+        echo_json({**result.summary(), "dst": str(dst), **extra, "report": report})
         return
     if quiet:
         return
-    click.echo(table(*report_rows(report)))
+    if verbose:
+        click.echo(table(*report_rows(report)))
+    else:
+        headers, rows = report_rows(report, worst=top)
+        for line in summary_lines(report):
+            click.echo(line)
+        if rows:
+            click.echo(f"worst {len(rows)} of {len(report['tensors'])} (all: --verbose, --json):")
+            click.echo(table(headers, rows))
     click.echo(total_line(report))
     for note in plan.notes:
         click.echo(f"note: {note}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from ue8m0.checkpoint.steps.context import Step, StepContext
 from ue8m0.checkpoint.steps.copying import copy_step, drop_step
 from ue8m0.checkpoint.steps.dequantizing import dequantize_step
+from ue8m0.checkpoint.steps.fp4 import cast_fp4_step, quantize_fp4_step
 from ue8m0.checkpoint.steps.fp8 import relayout_step, requantize_step
 from ue8m0.checkpoint.steps.quantizing import quantize_step
 
@@ -20,8 +21,10 @@ STEPS: dict[str, Step] = {
     "dequantize": dequantize_step,
     "requantize": requantize_step,
     "relayout": relayout_step,
+    "quantize_fp4": quantize_fp4_step,
+    "cast_fp4": cast_fp4_step,
 }
 #: the steps that run kernels (the workers' warm-up compiles what they call)
-KERNEL_STEPS = ("quantize", "dequantize", "requantize", "relayout")
+KERNEL_STEPS = ("quantize", "dequantize", "requantize", "relayout", "quantize_fp4")
 
 __all__ = ["KERNEL_STEPS", "STEPS", "Step", "StepContext"]
