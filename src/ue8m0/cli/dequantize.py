@@ -8,6 +8,7 @@ import click
 
 from ue8m0.checkpoint.options import DEQUANT_DTYPES
 from ue8m0.cli._output import echo_json, run_options, run_or_print_plan
+from ue8m0.cli.params import SOURCE
 
 EXAMPLES = """
 \b
@@ -26,7 +27,7 @@ Removes quantization_config, writes format: pt metadata and a recomputed total_s
 
 
 @click.command(epilog=EXAMPLES)
-@click.argument("src", type=click.Path(exists=True, path_type=Path))
+@click.argument("src", type=SOURCE)
 @click.argument("dst", type=click.Path(path_type=Path))
 @click.option(
     "--dtype",

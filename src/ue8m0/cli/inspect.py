@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ue8m0.cli._output import echo_json, human_bytes, table
+from ue8m0.cli.params import SOURCE
 
 EXAMPLES = """
 \b
@@ -18,7 +19,7 @@ Examples:
 
 
 @click.command(epilog=EXAMPLES)
-@click.argument("ckpt", type=click.Path(exists=True, path_type=Path))
+@click.argument("ckpt", type=SOURCE)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def inspect_cmd(ckpt: Path, as_json: bool) -> None:
     """Describe a safetensors checkpoint: format, tensors, quantization, scales."""

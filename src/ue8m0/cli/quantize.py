@@ -16,6 +16,7 @@ from ue8m0.cli._output import (
     run_or_print_plan,
     scale_search_option,
 )
+from ue8m0.cli.params import SOURCE
 from ue8m0.policies import NonFinite, ScaleRule
 
 EXAMPLES = """
@@ -53,7 +54,7 @@ Rerunning into the same DST resumes; other parameters are refused.
 
 
 @click.command(epilog=EXAMPLES)
-@click.argument("src", type=click.Path(exists=True, path_type=Path))
+@click.argument("src", type=SOURCE)
 @click.argument("dst", type=click.Path(path_type=Path))
 @click.option(
     "--fmt",

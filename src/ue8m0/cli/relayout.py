@@ -9,6 +9,7 @@ import click
 from ue8m0.checkpoint.options import RELAYOUT_SCALES
 from ue8m0.checkpoint.registry import MXFP8, layout_names
 from ue8m0.cli._output import eps_option, report_option, run_options
+from ue8m0.cli.params import SOURCE
 from ue8m0.cli.requantize import run_fp8_command
 
 EXAMPLES = """
@@ -44,7 +45,7 @@ FP8_REPACK = "fp8"
 
 
 @click.command(epilog=EXAMPLES)
-@click.argument("src", type=click.Path(exists=True, path_type=Path))
+@click.argument("src", type=SOURCE)
 @click.argument("dst", type=click.Path(path_type=Path))
 @click.option(
     "--to",

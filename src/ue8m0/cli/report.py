@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ue8m0.cli.params import SOURCE
 from ue8m0.recipes import DEFAULT_RECIPES, get_recipe
 
 EXAMPLES = """
@@ -27,7 +28,7 @@ JSON writes non-finite numbers as the strings "inf", "-inf", "nan".
 
 
 @click.command(epilog=EXAMPLES)
-@click.argument("src", required=False, type=click.Path(exists=True, path_type=Path))
+@click.argument("src", required=False, type=SOURCE)
 @click.option(
     "--recipe",
     "recipes",

@@ -18,6 +18,7 @@ from ue8m0.cli._output import (
     scale_search_option,
     table,
 )
+from ue8m0.cli.params import SOURCE
 from ue8m0.policies import ScaleRule
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ writes PATH.json and PATH.md). Rerunning into the same DST resumes.
 
 
 @click.command(epilog=EXAMPLES)
-@click.argument("src", type=click.Path(exists=True, path_type=Path))
+@click.argument("src", type=SOURCE)
 @click.argument("dst", type=click.Path(path_type=Path))
 @click.option(
     "--format",

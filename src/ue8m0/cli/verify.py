@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ue8m0.cli._output import echo_json, output_options, table
+from ue8m0.cli.params import SOURCE
 
 EXAMPLES = """
 \b
@@ -27,10 +28,10 @@ Exit status 1 when any check fails.
 
 
 @click.command(epilog=EXAMPLES)
-@click.argument("ckpt", type=click.Path(exists=True, path_type=Path))
+@click.argument("ckpt", type=SOURCE)
 @click.option(
     "--against",
-    type=click.Path(exists=True, path_type=Path),
+    type=SOURCE,
     help="The source (high-precision or FP8) to compare dequantized weights with.",
 )
 @output_options
