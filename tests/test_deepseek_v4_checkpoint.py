@@ -291,6 +291,22 @@ def test_relayout_counts_lossy_tiles_exactly_and_strict_refuses(
     assert row["lossy"][0][:3] == [0, 0, 0] and row["lossy"][0][3] == pytest.approx(
         float(want.lossy.max_abs_error[0, 0])
     )
+    # the step's sums (exact tiles from the FP4 codes alone) equal a full decode's
+    from ue8m0.metrics import ErrorStats
+
+    out = _read_all(tmp_path / "fp8")
+    codes = np.frombuffer(out[name + ".weight"][1], np.uint8).reshape(128, 256)
+    tile = np.frombuffer(out[name + ".scale"][1], np.uint8).reshape(1, 2)
+    e4m3 = codes.view(E4M3).astype(np.float64)
+    approx = e4m3 * np.repeat(np.exp2(tile.astype(np.float64) - 127), 128, axis=1)
+    ref = _decode_fp4(tensors[name + ".weight"], tensors[name + ".scale"].view(np.uint8))
+    full = ErrorStats()
+    full.update(ref, approx)
+    want_row = full.result()
+    for key in ("rel_frobenius", "cosine", "sqnr_db"):
+        assert row[key] == pytest.approx(want_row[key], rel=1e-12), key
+    assert row["max_abs_error"] == want_row["max_abs_error"] > 0
+    assert row["flushed"] == want_row["flushed"] > 0
     strict = tmp_path / "strict"
     code, _, err = run_cli(["relayout", src, strict, "--to", "fp8", "--strict"], capsys)
     assert code == 2 and "--strict: tile (0, 0) would change" in err
