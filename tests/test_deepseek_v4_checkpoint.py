@@ -255,7 +255,7 @@ def test_relayout_to_fp8_is_deepseeks_cast_byte_for_byte(
     assert run_cli(["dequantize", dst, b, "-q", "--dtype", "f32"], capsys)[0] == 0
     va, vb = _read_all(a), _read_all(b)
     assert set(va) == set(vb)
-    for name, (tag, raw) in va.items():
+    for name, (_tag, raw) in va.items():
         np.testing.assert_array_equal(
             np.frombuffer(raw, np.float32), np.frombuffer(vb[name][1], np.float32)
         )
