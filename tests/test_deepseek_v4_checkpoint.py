@@ -368,3 +368,18 @@ def test_quantize_deepseek_v4_with_fp8_experts_and_bad_options(
     assert json.loads((fp8 / "config.json").read_text())["expert_dtype"] == "fp8"
     code, _, err = run_cli(["quantize", bf16, tmp_path / "x", "--experts", "fp4"], capsys)
     assert code == 2 and "--experts" in err
+
+
+def test_quantize_deepseek_v4_with_workers_gives_the_same_bytes(
+    v4: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The parent's warm-up compiles the FP4 kernel without running it (it once packed the
+    unwritten codes and failed)."""
+    bf16 = tmp_path / "bf16"
+    assert run_cli(["dequantize", v4, bf16, "-q"], capsys)[0] == 0
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = ["-q", "--format", "deepseek-v4"]
+    assert run_cli(["quantize", bf16, one, *args], capsys)[0] == 0
+    code, _, err = run_cli(["quantize", bf16, two, *args, "--workers", "2"], capsys)
+    assert code == 0, err
+    assert _read_all(one) == _read_all(two)

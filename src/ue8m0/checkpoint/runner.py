@@ -40,7 +40,7 @@ from ue8m0.checkpoint.safetensors import DTYPES
 from ue8m0.checkpoint.source import INDEX_NAME, Checkpoint, check_destination
 from ue8m0.checkpoint.steps import KERNEL_STEPS
 from ue8m0.checkpoint.writer import TMP_SUFFIX, copy_atomic, write_json_atomic
-from ue8m0.deepseek_v4 import quantize_fp4_v4
+from ue8m0.deepseek_v4 import AMAX_FLOOR
 from ue8m0.errors import CheckpointError
 from ue8m0.formats import FLOAT4_E2M1FN
 
@@ -308,8 +308,8 @@ def _warm_task(dtype: Any, task: Task, options: Options) -> None:
     br, bc = tuple(task.block) if task.block else (1, 1)
     x = np.zeros((2 * br, 2 * bc), dtype)
     x.flags.writeable = False  # map_rows hands out read-only slabs
-    if task.action == "quantize_fp4":
-        quantize_fp4_v4(x)
+    if task.action == "quantize_fp4":  # quantize_fp4_v4's kernel call (its packing is numpy)
+        quantize(x, MX_BLOCK, FLOAT4_E2M1FN, "rceil", AMAX_FLOOR)
         return
     if task.fmt == FP4:  # dequantized from unpacked (writable) codes
         codes = np.zeros((2, 2 * bc), np.uint8).view(FLOAT4_E2M1FN.dtype)
