@@ -5,6 +5,13 @@ from __future__ import annotations
 
 import re
 
+from ue8m0.checkpoint.architectures import (
+    EXPERT,
+    Architecture,
+    FusedGroup,
+    architecture_of,
+    group_of,
+)
 from ue8m0.checkpoint.options import QuantizeOptions
 from ue8m0.checkpoint.plan import Plan, ShardPlan, Task, copy_task
 from ue8m0.checkpoint.registry import FMTS, FP4, MX_BLOCK, module_of
@@ -25,8 +32,12 @@ def _fp4_outputs(info: TensorInfo, layout_scale: str) -> tuple[OutSpec, ...]:
     )
 
 
+#: why a weight whose dims are not multiples of the block is kept
+PARTIAL = "not multiples of the block (use --pad-partial)"
+
+
 def _quantize_decision(info: TensorInfo, opts: QuantizeOptions) -> str | None:
-    """None when ``info`` is converted, else the reason it is kept."""
+    """None when ``info`` is converted, else the reason it is kept (before fused groups)."""
     name = info.name
     if opts.exclude and any(re.search(r, name) for r in opts.exclude):
         return "--exclude"
@@ -49,8 +60,48 @@ def _quantize_decision(info: TensorInfo, opts: QuantizeOptions) -> str | None:
     assert opts.block is not None
     br, bc = opts.block
     if not opts.pad_partial and (info.shape[-2] % br or info.shape[-1] % bc):
-        return f"dims {info.shape[-2:]} not multiples of the block (use --pad-partial)"
+        return f"dims {info.shape[-2:]} {PARTIAL}"
     return None
+
+
+def _partial_rows_only(info: TensorInfo, opts: QuantizeOptions) -> bool:
+    assert opts.block is not None
+    return info.shape[-1] % opts.block[1] == 0 and info.shape[-2] % opts.block[0] != 0
+
+
+def _fused_decisions(
+    infos: list[TensorInfo],
+    decisions: dict[str, str | None],
+    opts: QuantizeOptions,
+    arch: Architecture,
+) -> None:
+    """Fused groups decide together (:mod:`.architectures`): a partial last member (rows only,
+    not an MoE expert) is converted; then if any member is kept, every member is."""
+    groups: dict[tuple[str, FusedGroup], list[TensorInfo]] = {}
+    for info in infos:
+        found = group_of(arch, module_of(info.name)) if info.name.endswith(".weight") else None
+        if found is not None:
+            groups.setdefault(found, []).append(info)
+    for (_, group), members in groups.items():
+        for info in members:
+            reason = decisions[info.name]
+            last = module_of(info.name).rpartition(".")[2] == group.last
+            if (
+                reason is not None
+                and reason.endswith(PARTIAL)
+                and last
+                and len(members) > 1
+                and _partial_rows_only(info, opts)
+                and not EXPERT.search(info.name)
+            ):
+                decisions[info.name] = None  # a partial grid where the loaders read one
+        kept = [m for m in members if decisions[m.name] is not None]
+        if kept and len(kept) < len(members):
+            first = kept[0]
+            why = f"fused with {module_of(first.name)} (kept: {decisions[first.name]})"
+            for m in members:
+                if decisions[m.name] is None:
+                    decisions[m.name] = why
 
 
 def _as_fp4(info: TensorInfo, opts: QuantizeOptions) -> bool:
@@ -68,11 +119,13 @@ def plan_quantize(ckpt: Checkpoint, opts: QuantizeOptions) -> Plan:
     assert opts.block is not None and opts.scale_dtype is not None, "validated options"
     el_tag = FMTS[opts.fmt][1]
     scale_tag = SCALE_DTYPES[opts.scale_dtype]
+    decisions = {info.name: _quantize_decision(info, opts) for info in ckpt.tensors.values()}
+    _fused_decisions(list(ckpt.tensors.values()), decisions, opts, architecture_of(ckpt.config))
     shards, kept_modules = [], []
     for shard in ckpt.shards:
         tasks = []
         for info in ckpt.shard_tensors(shard):
-            reason = _quantize_decision(info, opts)
+            reason = decisions[info.name]
             if reason is None and _as_fp4(info, opts):
                 outs = _fp4_outputs(info, layout.scale_name(info.name))
                 why = "routed expert: DeepSeek-V4's FP4 rule"

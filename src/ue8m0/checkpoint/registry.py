@@ -102,7 +102,10 @@ def _fp8_config(
     }
     if ue8m0:
         config["scale_fmt"] = "ue8m0"
+    # the skip list under both names: vLLM reads ignored_layers (else modules_to_not_convert),
+    # older vLLM and SGLang only ignored_layers, transformers modules_to_not_convert
     config["modules_to_not_convert"] = not_converted
+    config["ignored_layers"] = list(not_converted)
     return config
 
 
@@ -149,7 +152,7 @@ def _v4_config(
     in high precision follows from the tensors' dtypes); ``expert_dtype`` is set beside it by
     the planner."""
     config = _fp8_config(layout, fmt, block, ue8m0, not_converted)
-    del config["modules_to_not_convert"]
+    del config["modules_to_not_convert"], config["ignored_layers"]
     return config
 
 

@@ -1,0 +1,101 @@
+"""Which weights serving engines fuse into one layer, per model family (registry data).
+
+vLLM and SGLang load some projections as one merged layer: q/k/v as ``qkv_proj``, gate/up as
+``gate_up_proj``, DeepSeek MLA's ``q_a_proj`` + ``kv_a_proj_with_mqa`` as ``fused_qkv_a_proj``,
+an MoE expert's w1/w3. The members of such a group must agree in precision: vLLM raises
+"Detected some but not all shards ... are quantized", SGLang cannot concatenate FP8 with BF16,
+DeepSeek's ``generate.py`` loads strictly. And a partial scale block (a dim that is not a
+multiple of the block) is read correctly only in the **last** member along the merged dim, and
+never in an MoE expert's intermediate dim (vLLM). So ``quantize`` decides per group: every
+member converted or every member kept, a partial last member converted, as the official
+DeepSeek-V3 checkpoint stores ``kv_a_proj_with_mqa`` (576 rows: a 5-row partial grid) beside an
+FP8 ``q_a_proj``.
+
+A family is recognised by ``config.json``'s ``model_type``; unknown families use the common
+name patterns (q/k/v, gate/up, w1/w3), which cover the fused layers of most decoder models.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class FusedGroup:
+    """Sibling modules (leaf names) a loader merges, in the order it stacks them."""
+
+    members: tuple[str, ...]
+
+    @property
+    def last(self) -> str:
+        return self.members[-1]
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A model family: the ``model_type`` values it covers and its fused groups."""
+
+    name: str
+    model_types: tuple[str, ...]
+    groups: tuple[FusedGroup, ...]
+
+
+QKV = FusedGroup(("q_proj", "k_proj", "v_proj"))
+GATE_UP = FusedGroup(("gate_proj", "up_proj"))
+W1_W3 = FusedGroup(("w1", "w3"))
+MLA_A = FusedGroup(("q_a_proj", "kv_a_proj_with_mqa"))
+
+#: the groups of a family ue8m0 does not know
+COMMON = Architecture("common", (), (QKV, GATE_UP, W1_W3))
+
+ARCHITECTURES: tuple[Architecture, ...] = (
+    Architecture(
+        "deepseek-mla",
+        ("deepseek_v2", "deepseek_v3", "deepseek_v32", "kimi_k2"),
+        (MLA_A, GATE_UP, W1_W3),
+    ),
+    Architecture(
+        "llama-like",
+        (
+            "llama",
+            "mistral",
+            "mixtral",
+            "qwen2",
+            "qwen2_moe",
+            "qwen3",
+            "qwen3_moe",
+            "gemma",
+            "gemma2",
+            "gemma3_text",
+            "granite",
+            "olmo2",
+        ),
+        (QKV, GATE_UP, W1_W3),
+    ),
+)
+
+#: an MoE expert's projection: its intermediate dim never takes a partial block
+EXPERT = re.compile(r"\.experts\.\d+\.|\.experts\.")
+
+
+def architecture_of(config: dict[str, Any] | None) -> Architecture:
+    """The family of ``config`` (its ``model_type``, or a nested ``text_config``'s), else
+    :data:`COMMON`."""
+    for level in (config, (config or {}).get("text_config")):
+        model_type = level.get("model_type") if isinstance(level, dict) else None
+        for arch in ARCHITECTURES:
+            if model_type in arch.model_types:
+                return arch
+    return COMMON
+
+
+def group_of(arch: Architecture, module: str) -> tuple[str, FusedGroup] | None:
+    """``(parent module, group)`` of ``module`` (``a.b.q_proj`` -> ``("a.b", QKV)``), or None
+    when it is fused with nothing."""
+    parent, _, leaf = module.rpartition(".")
+    for group in arch.groups:
+        if leaf in group.members:
+            return parent, group
+    return None
