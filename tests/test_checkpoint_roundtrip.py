@@ -153,8 +153,10 @@ def test_byte_scale_dtypes_round_trip(
 ) -> None:
     w = (np.random.default_rng(2).standard_normal((256, 256)) * 0.02).astype(BF16)
     src = write_checkpoint(tmp_path / "src", {"model.safetensors": {"x.weight": w}}, index=False)
+    # U8 scales are misread by vLLM and SGLang: only written when declared not for serving
+    serving = ["--not-for-serving"] if scale_dtype == "u8" else []
     code, _, err = run_cli(
-        ["quantize", src, tmp_path / "q", "--scale-dtype", scale_dtype, "-q"], capsys
+        ["quantize", src, tmp_path / "q", "--scale-dtype", scale_dtype, "-q", *serving], capsys
     )
     assert code == 0, err
     infos = read_header(tmp_path / "q" / "model.safetensors")[0]
@@ -254,3 +256,21 @@ def test_dequantize_to_f32_and_dry_run(
     for name in QUANTIZED:
         assert got[name].dtype == np.float32
         np.testing.assert_array_equal(got[name], ue8m0.dequantize(ue8m0.quantize(src[name])))
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["--scale-dtype", "u8"], "--scale-dtype: vLLM and SGLang copy U8 scale bytes"),
+        (["--fmt", "e5m2"], "--fmt: vLLM and SGLang ignore fmt"),
+    ],
+)
+def test_what_serving_loaders_misread_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], line: str
+) -> None:
+    src = write_checkpoint(tmp_path / "src", synthetic_tensors())
+    code, _, err = run_cli(["quantize", src, tmp_path / "q", *args], capsys)
+    assert code == 2 and err.startswith(f"ue8m0: error: {line}"), err
+    assert "(--not-for-serving writes it anyway)" in err and not (tmp_path / "q").exists()
+    code, _, err = run_cli(["quantize", src, tmp_path / "q", *args, "--not-for-serving"], capsys)
+    assert code == 0, err

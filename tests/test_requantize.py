@@ -24,6 +24,7 @@ from ckpt_fixtures import (
 from ue8m0.checkpoint.options import Fp8Options
 from ue8m0.checkpoint.plan_fp8 import plan_fp8
 from ue8m0.checkpoint.requant_report import build_report
+from ue8m0.checkpoint.safetensors import SafetensorsFile
 from ue8m0.checkpoint.source import open_checkpoint
 from ue8m0.checkpoint.steps.fp8 import _requantize_slab
 
@@ -101,11 +102,12 @@ def test_requantized_output_verifies_against_its_fp8_source(
         assert all(c["passed"] for c in json.loads(text)["checks"])
 
 
-@pytest.mark.parametrize("scale_dtype", ["f32", "e8m0", "u8"])
+@pytest.mark.parametrize("scale_dtype", ["f32", "e8m0"])
 def test_already_ue8m0_checkpoint_comes_out_byte_identical(
     scale_dtype: str, ckpts: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Whatever dtype the source stores its UE8M0 scales in (``--scale-dtype auto`` keeps it)."""
+    """Whatever servable dtype the source stores its UE8M0 scales in (``--scale-dtype auto``
+    keeps it)."""
     src = ckpts["ue8m0"]
     if scale_dtype != "f32":
         src = tmp_path / "src"
@@ -278,3 +280,25 @@ def test_requantize_prints_a_summary_and_the_worst_tensors_unless_verbose(
     assert [n for n in names if n in out] == [worst]
     code, out, _ = run_cli(["requantize", ckpts["fp32"], tmp_path / "c", "--verbose"], capsys)
     assert code == 0 and all(n in out for n in names)
+
+
+def test_u8_scales_come_out_as_the_same_bytes_in_f8_e8m0(
+    ckpts: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A U8-scale source (which vLLM and SGLang misread) is requantized to the same bytes as
+    F8_E8M0 by --scale-dtype auto; an explicit u8 is refused unless not for serving."""
+    src = tmp_path / "src"
+    args = ["--pad-partial", "-q", "--scale-dtype", "u8", "--not-for-serving"]
+    assert run_cli(["quantize", ckpts["src"], src, *args], capsys)[0] == 0
+    assert run_cli(["requantize", src, tmp_path / "again", "-q"], capsys)[0] == 0
+    for shard in sorted(src.glob("*.safetensors")):
+        with SafetensorsFile(shard) as a, SafetensorsFile(tmp_path / "again" / shard.name) as b:
+            for name, info in a.tensors.items():
+                got = b.tensors[name]
+                assert got.dtype == ("F8_E8M0" if info.dtype == "U8" else info.dtype), name
+                assert (
+                    a.read_bytes(name, 0, info.nbytes).tobytes()
+                    == b.read_bytes(name, 0, got.nbytes).tobytes()
+                )
+    code, _, err = run_cli(["requantize", src, tmp_path / "u8", "--scale-dtype", "u8"], capsys)
+    assert code == 2 and "--scale-dtype: vLLM and SGLang copy U8" in err

@@ -58,13 +58,16 @@ class OptionError(Ue8m0Error, ValueError):
     shows it as its flag.
     """
 
-    def __init__(self, option: str, reason: str) -> None:
-        super().__init__(f"{option}: {reason}")
+    def __init__(self, option: str, reason: str, override: str | None = None) -> None:
+        tail = f" ({override} writes it anyway)" if override else ""
+        super().__init__(f"{option}: {reason}{tail}")
         self.option = option
         self.reason = reason
+        #: the option that would accept it anyway (the CLI names its flag)
+        self.override = override
 
-    def __reduce__(self) -> tuple[type, tuple[str, str]]:
-        return (type(self), (self.option, self.reason))
+    def __reduce__(self) -> tuple[type, tuple[str, str, str | None]]:
+        return (type(self), (self.option, self.reason, self.override))
 
 
 class PlanError(Ue8m0Error, ValueError):

@@ -62,6 +62,8 @@ class QuantizeOptions:
     #: routed experts of a layout that holds FP4 experts: ``fp4`` (its FP4 rule) or ``fp8``
     #: (None: fp4 there; not applicable elsewhere)
     experts: str | None = None
+    #: the output is not for vLLM/SGLang: allow what their loaders misread
+    not_for_serving: bool = False
 
     @property
     def out_layout(self) -> Layout:
@@ -78,7 +80,7 @@ class QuantizeOptions:
             raise OptionError("block", "checkpoint blocks need explicit sizes, not -1")
         rule = ScaleRule.parse(self.scale_rule)
         scale_dtype = self.scale_dtype or layout.default_scale_dtype
-        layout.check(self.fmt, scale_dtype, block, rule.is_power_of_two)
+        layout.check(self.fmt, scale_dtype, block, rule.is_power_of_two, not self.not_for_serving)
         if scale_dtype != "f32" and not rule.is_power_of_two:
             raise OptionError("scale_dtype", "e8m0/u8 scales need a power-of-two scale_rule")
         for regex in (*self.include, *self.exclude):
@@ -157,6 +159,8 @@ class Fp8Options:
     nonfinite: str = "raise"
     scale_search: str | None = None
     scales: str = "canonical"
+    #: the output is not for vLLM/SGLang: allow what their loaders misread
+    not_for_serving: bool = False
 
     @property
     def out_layout(self) -> Layout:
@@ -171,7 +175,9 @@ class Fp8Options:
         if self.scales not in RELAYOUT_SCALES:
             raise OptionError("scales", f"unknown {self.scales!r}")
         layout = get_layout(self.layout)
-        layout.check("e4m3", self.resolved_scale_dtype(None), layout.block, True)
+        layout.check(
+            "e4m3", self.resolved_scale_dtype(None), layout.block, True, not self.not_for_serving
+        )
         return replace(
             self,
             scale_rule=rule.value,
@@ -198,8 +204,11 @@ class Fp8Options:
         layout = self.out_layout
         by_tag = {tag: name for name, tag in SCALE_DTYPES.items()}
         kept = by_tag.get(source_tag or "")
-        if layout.keeps_source_scale_dtype and kept in layout.scale_dtypes:
+        servable = self.not_for_serving or layout.misread("scale_dtype", kept or "") is None
+        if layout.keeps_source_scale_dtype and kept in layout.scale_dtypes and servable:
             return kept
+        if kept == "u8" and "e8m0" in layout.scale_dtypes:
+            return "e8m0"  # the same bytes, as a dtype loaders read as powers of two
         return layout.default_scale_dtype
 
 

@@ -204,6 +204,9 @@ class Layout:
     #: its config says ``expert_dtype: fp4``: the routed experts these names match
     fp4_experts: re.Pattern[str] | None = None
     notes: tuple[str, ...] = field(default=())
+    #: ``(option, value, why)``: what its serving loaders (vLLM, SGLang) misread; refused
+    #: unless the output is declared not for serving
+    misreads: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def default_scale_dtype(self) -> str:
@@ -235,8 +238,20 @@ class Layout:
         """The ``quantization_config`` this layout writes into ``config.json``."""
         return self.config_writer(self, fmt, block, ue8m0, not_converted)
 
-    def check(self, fmt: str, scale_dtype: str, block: tuple[int, int], power_of_two: bool) -> None:
-        """Refuse options this layout (and so its loaders) cannot store."""
+    def misread(self, option: str, value: str) -> str | None:
+        """Why the serving loaders of this layout misread ``option=value`` (None: they don't)."""
+        return next((why for o, v, why in self.misreads if (o, v) == (option, value)), None)
+
+    def check(
+        self,
+        fmt: str,
+        scale_dtype: str,
+        block: tuple[int, int],
+        power_of_two: bool,
+        serving: bool = True,
+    ) -> None:
+        """Refuse options this layout cannot store, and (for ``serving`` outputs) options its
+        loaders would silently misread."""
         if not self.writable:
             raise OptionError("layout", f"{self.name} is read, not written, by ue8m0")
         if fmt not in self.fmts:
@@ -256,6 +271,10 @@ class Layout:
             )
         if self.power_of_two and not power_of_two:
             raise OptionError("scale_rule", f"{self.title} scales are powers of two: not fp32")
+        for option, value in (("fmt", fmt), ("scale_dtype", scale_dtype)):
+            why = self.misread(option, value) if serving else None
+            if why is not None:
+                raise OptionError(option, why, "not_for_serving")
 
     def recognises(
         self, quant_method: object, scale_names: Iterable[str], blocks: set[tuple[int, int]]
@@ -276,6 +295,20 @@ DEEPSEEK = Layout(
     scale_suffix="_scale_inv",
     scale_dtypes=("f32", "e8m0", "u8"),
     keeps_source_scale_dtype=True,
+    misreads=(
+        (
+            "scale_dtype",
+            "u8",
+            "vLLM and SGLang copy U8 scale bytes into float32 scales as numbers (byte 127 -> "
+            "127.0: garbage output); e8m0 stores the same bytes as F8_E8M0, read as powers of two",
+        ),
+        (
+            "fmt",
+            "e5m2",
+            "vLLM and SGLang ignore fmt and load quant_method fp8 weights as e4m3 (e5m2 bytes "
+            "misread, most elements clamped to 448)",
+        ),
+    ),
 )
 COMPRESSED_TENSORS = Layout(
     name="compressed-tensors",

@@ -38,7 +38,8 @@ def option_flag(option: str) -> str:
 
 def _option_message(exc: BaseException) -> str:
     assert isinstance(exc, errors.OptionError)
-    return f"{option_flag(exc.option)}: {exc.reason}"
+    tail = f" ({option_flag(exc.override)} writes it anyway)" if exc.override else ""
+    return f"{option_flag(exc.option)}: {exc.reason}{tail}"
 
 
 #: exception type -> (formatter, exit code); the first matching entry wins, so subclasses go first

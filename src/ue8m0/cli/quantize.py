@@ -120,6 +120,12 @@ Rerunning into the same DST resumes; other parameters are refused.
     is_flag=True,
     help="Also convert weights whose dims are not multiples of the block.",
 )
+@click.option(
+    "--not-for-serving",
+    is_flag=True,
+    help="The output is not for vLLM/SGLang: write options their loaders misread "
+    "(U8 scales, e5m2 under quant_method fp8).",
+)
 @run_options
 def quantize(
     src: Path,
@@ -135,6 +141,7 @@ def quantize(
     include: tuple[str, ...],
     exclude: tuple[str, ...],
     experts: str | None,
+    not_for_serving: bool,
     pad_partial: bool,
     dry_run: bool,
     workers: int,
@@ -160,6 +167,7 @@ def quantize(
         layout=out_format,
         scale_search=scale_search,
         experts=experts,
+        not_for_serving=not_for_serving,
     ).validated()
     ckpt = open_checkpoint(src)
     check_destination(src, dst)

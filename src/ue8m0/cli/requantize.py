@@ -74,6 +74,12 @@ writes PATH.json and PATH.md). Rerunning into the same DST resumes.
 )
 @eps_option
 @report_option
+@click.option(
+    "--not-for-serving",
+    is_flag=True,
+    help="The output is not for vLLM/SGLang: write options their loaders misread "
+    "(U8 scales, e5m2 under quant_method fp8).",
+)
 @run_options
 def requantize(
     src: Path,
@@ -83,6 +89,7 @@ def requantize(
     scale_search: str,
     scale_dtype: str,
     eps: float,
+    not_for_serving: bool,
     report_path: Path | None,
     top: int,
     verbose: bool,
@@ -100,6 +107,7 @@ def requantize(
         scale_dtype=scale_dtype,
         eps=eps,
         scale_search=scale_search,
+        not_for_serving=not_for_serving,
     ).validated()
     run_fp8_command(
         ("requantize", opts),
