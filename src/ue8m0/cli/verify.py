@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
+from ue8m0.checkpoint.engines import ENGINES
 from ue8m0.cli._output import echo_json, output_options, table
 from ue8m0.cli.params import SOURCE
 
@@ -23,7 +25,13 @@ scale of the right shape and dtype; no orphan scales; config.json <-> tensors; s
 => every scale an exact power of two (lists the tensors where not); no NaN/Inf; with
 --against, every dequantized element within half an FP8 ulp (times its block scale) of the
 source (an FP8 source: its dequantized values), and every high-precision tensor identical.
-Exit status 1 when any check fails.
+The loader table says, for vLLM, SGLang, transformers (CPU) and DeepSeek's own code, whether
+each loads the checkpoint, refuses it (the loader's reason) or silently misreads it (fused
+layers split between FP8 and BF16, partial scale grids where a loader cannot read them, U8 scale
+bytes where float32 scales are expected, F8_E8M0 scales for DeepSeek-V3's converter, e5m2 under
+quant_method fp8, a DeepSeek-V4 checkpoint without expert_dtype, scale values that look like
+exponent bytes copied as numbers).
+Exit status 1 when any check fails, or an engine named with --engine would not load it.
 """
 
 
@@ -34,20 +42,47 @@ Exit status 1 when any check fails.
     type=SOURCE,
     help="The source (high-precision or FP8) to compare dequantized weights with.",
 )
+@click.option(
+    "--engine",
+    "engines",
+    multiple=True,
+    type=click.Choice(list(ENGINES)),
+    help="Fail unless this engine loads the checkpoint as its values say (repeatable); the "
+    "loader table covers every engine either way.",
+)
 @output_options
-def verify(ckpt: Path, against: Path | None, quiet: bool, as_json: bool) -> None:
+def verify(
+    ckpt: Path, against: Path | None, engines: tuple[str, ...], quiet: bool, as_json: bool
+) -> None:
     """Verify an FP8 (or any safetensors) checkpoint; non-zero exit on any failure."""
+    from ue8m0.checkpoint.engines import engine_table
+    from ue8m0.checkpoint.source import open_checkpoint
     from ue8m0.checkpoint.verify import verify_checkpoint
 
     report = verify_checkpoint(ckpt, against)
+    loaders = engine_table(open_checkpoint(ckpt)) if report.checks[0].passed else {}
+    failed = [e for e in engines if loaders.get(e, {}).get("verdict", "loads") != "loads"]
+    passed = report.passed and not failed
     if as_json:
-        echo_json(report.as_dict())
+        echo_json({**report.as_dict(), "passed": passed, "engines": loaders})
     elif not quiet:
         rows = [(c.name, "ok" if c.passed else "FAIL", c.detail) for c in report.checks]
         click.echo(table(("check", "result", "detail"), rows))
         for c in report.checks:
             for line in c.tensors:
                 click.echo(f"  FAIL {c.name}: {line}")
-        click.echo(f"{ckpt}: {'all checks passed' if report.passed else 'FAILED'}")
-    if not report.passed:
+        if loaders:
+            click.echo("\n" + table(("engine", "loader", "why"), _engine_rows(loaders)))
+        click.echo(f"{ckpt}: {'all checks passed' if passed else 'FAILED'}")
+    if not passed:
         sys.exit(1)  # click's Exit is swallowed under standalone_mode=False
+
+
+def _engine_rows(loaders: dict[str, Any]) -> list[tuple[str, str, str]]:
+    rows = []
+    for engine, entry in loaders.items():
+        findings = entry["findings"] or [{"verdict": "loads", "reason": "", "tensors": []}]
+        for f in findings:
+            named = f" ({', '.join(f['tensors'])})" if f["tensors"] else ""
+            rows.append((engine, f["verdict"], f["reason"] + named))
+    return rows

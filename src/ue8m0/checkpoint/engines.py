@@ -1,0 +1,244 @@
+"""Will this checkpoint load where it is served? A loader-compatibility table, per engine.
+
+Each rule reads facts of the checkpoint (headers, config, a few scale tensors) and says, for each
+engine it concerns, that the engine **refuses** it (with the loader's own reason) or **silently
+misreads** it; an engine no rule concerns **loads** it. The rules restate what the engines' own
+loaders do, each citing where that was read or measured:
+
+* vLLM: ``model_executor/layers/quantization/fp8.py`` (block-scaled FP8, ``weight_scale_inv``
+  allocated float32 and ``copy_``-ed into), ``quantization/utils/quant_utils.py``
+  ``is_layer_skipped`` (fused shards must agree: "Detected some but not all shards of ... are
+  quantized"), ``models/deepseek_v2.py`` (``fused_qkv_a_proj``); DeepSeek-V4 ``expert_dtype``
+  defaulting to ``fp4`` (vLLM PR 42970);
+* SGLang: ``srt/layers/quantization/fp8.py`` (float32 ``weight_scale_inv``), ``models/deepseek_v2.py``
+  (concatenates ``q_a_proj`` and ``kv_a_proj_with_mqa``);
+* transformers 5.24, CPU: ``integrations/finegrained_fp8.py`` infers the block from the scale
+  grid (a partial grid that divides the weight evenly is misread, one that does not raises);
+* DeepSeek's own code: ``inference/generate.py`` loads strictly; ``fp8_cast_bf16.py`` reads
+  scales with a Triton kernel that cannot take F8_E8M0 and then writes the FP8 weight unconverted.
+
+``ue8m0 verify DST --engine ...`` prints the table; the CI tests run vLLM's CPU build on ue8m0's
+outputs for the rules they can exercise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ue8m0.checkpoint.architectures import EXPERT, architecture_of, group_of
+from ue8m0.checkpoint.pairs import Fp8Pairs, pair_fp8_weights, read_scale
+from ue8m0.checkpoint.registry import expert_dtype, module_of
+from ue8m0.checkpoint.safetensors import FLOAT_TAGS, FP8_TAGS
+from ue8m0.checkpoint.source import Checkpoint
+
+#: the engines the table covers, in the order it prints them
+ENGINES = ("vllm", "sglang", "transformers", "deepseek")
+LOADS, REFUSES, MISREADS = "loads", "refuses", "misreads"
+#: at most this many tensors named per finding
+MAX_NAMED = 5
+
+
+@dataclass
+class Finding:
+    """One rule's verdict for one engine."""
+
+    engine: str
+    verdict: str
+    reason: str
+    tensors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Facts:
+    ckpt: Checkpoint
+    pairs: Fp8Pairs
+    quant_method: object
+
+
+Rule = Callable[[Facts], Iterator[Finding]]
+
+
+def _named(names: list[str]) -> list[str]:
+    return sorted(names)[:MAX_NAMED]
+
+
+def split_fused_groups(f: Facts) -> Iterator[Finding]:
+    """Members of one fused layer in different precisions."""
+    arch = architecture_of(f.ckpt.config)
+    groups: dict[tuple[str, object], dict[str, bool]] = {}
+    for info in f.ckpt.tensors.values():
+        if not info.name.endswith(".weight") or len(info.shape) < 2:
+            continue
+        found = group_of(arch, module_of(info.name))
+        if found is not None and (info.dtype in FP8_TAGS or info.dtype in FLOAT_TAGS):
+            groups.setdefault(found, {})[info.name] = info.dtype in FP8_TAGS
+    split = [
+        name
+        for members in groups.values()
+        if len(set(members.values())) > 1
+        for name, fp8 in members.items()
+        if not fp8
+    ]
+    if split:
+        named = _named(split)
+        yield Finding(
+            "vllm",
+            REFUSES,
+            "Detected some but not all shards of a fused layer are quantized",
+            named,
+        )
+        yield Finding(
+            "sglang", REFUSES, "fused layers are concatenated: FP8 and BF16 parts cannot be", named
+        )
+        yield Finding(
+            "deepseek",
+            REFUSES,
+            "generate.py loads strictly: an unquantized part has no scale",
+            named,
+        )
+
+
+def partial_grids(f: Facts) -> Iterator[Finding]:
+    """Scale grids that do not cover the weight with whole blocks of the declared size."""
+    declared = f.pairs.declared or (128, 128)
+    arch = architecture_of(f.ckpt.config)
+    even, uneven, misplaced = [], [], []
+    for w in f.pairs.weights.values():
+        if w.packed:
+            continue
+        n, k = f.ckpt.tensors[w.name].shape[-2:]
+        if n % declared[0] == 0 and k % declared[1] == 0:
+            continue
+        grid = f.ckpt.tensors[w.scale].shape[-2:]
+        if n % grid[0] == 0 and k % grid[1] == 0:
+            even.append(w.name)  # transformers infers n / grid rows: the wrong block
+        else:
+            uneven.append(w.name)
+        found = group_of(arch, module_of(w.name))
+        last = found is not None and module_of(w.name).rpartition(".")[2] == found[1].last
+        if k % declared[1] or EXPERT.search(w.name) or (found is not None and not last):
+            misplaced.append(w.name)
+    if even:
+        yield Finding(
+            "transformers",
+            MISREADS,
+            "on CPU the block is inferred from the scale grid: a partial grid that divides the "
+            "weight evenly is read with the wrong block",
+            _named(even),
+        )
+    if uneven:
+        yield Finding(
+            "transformers",
+            REFUSES,
+            "on CPU a partial scale grid that does not divide raises",
+            _named(uneven),
+        )
+    if misplaced:
+        why = "a partial block only in the last part of a merged layer, never in MoE experts"
+        yield Finding("vllm", REFUSES, why, _named(misplaced))
+        yield Finding("sglang", REFUSES, why, _named(misplaced))
+
+
+def byte_scales_as_numbers(f: Facts) -> Iterator[Finding]:
+    """U8 scales where the layout's loaders allocate float32 scales and copy into them."""
+    if f.quant_method != "fp8":
+        return
+    u8 = [w.name for w in f.pairs.weights.values() if w.scale_dtype == "U8" and not w.packed]
+    if u8:
+        why = "U8 scale bytes are copied into float32 scales as numbers (byte 127 -> 127.0)"
+        for engine in ("vllm", "sglang"):
+            yield Finding(engine, MISREADS, why, _named(u8))
+
+
+def e8m0_for_deepseek_v3(f: Facts) -> Iterator[Finding]:
+    """F8_E8M0 scales where DeepSeek-V3's converter expects floats."""
+    e8m0 = [w.name for w in f.pairs.weights.values() if w.scale_dtype == "F8_E8M0" and not w.packed]
+    if e8m0 and not f.pairs.weights[e8m0[0]].scale.endswith(".scale"):
+        yield Finding(
+            "deepseek",
+            MISREADS,
+            "DeepSeek-V3's fp8_cast_bf16.py cannot read F8_E8M0 scales and writes the FP8 "
+            "weight unconverted into its BF16 output",
+            _named(e8m0),
+        )
+
+
+def e5m2_as_e4m3(f: Facts) -> Iterator[Finding]:
+    if f.quant_method != "fp8":
+        return
+    e5m2 = [n for n, t in f.ckpt.tensors.items() if t.dtype == "F8_E5M2"]
+    if e5m2:
+        why = "quant_method fp8 weights are loaded as e4m3 whatever fmt says"
+        for engine in ("vllm", "sglang"):
+            yield Finding(engine, MISREADS, why, _named(e5m2))
+
+
+def missing_expert_dtype(f: Facts) -> Iterator[Finding]:
+    """DeepSeek-V4 names (``.scale``) without ``expert_dtype``: older vLLM assumes fp4."""
+    v4 = any(w.scale.endswith(".scale") for w in f.pairs.weights.values())
+    if v4 and expert_dtype(f.ckpt.config) is None:
+        yield Finding(
+            "vllm",
+            MISREADS,
+            "a DeepSeek-V4 checkpoint without expert_dtype is read as FP4 experts (the default)",
+        )
+
+
+def exponent_bytes_as_values(f: Facts) -> Iterator[Finding]:
+    """Float scales whose values look like biased exponents copied as numbers (a converter
+    that already misread U8/E8M0 bytes): every value an integer in [64, 192]."""
+    suspect = []
+    for w in list(f.pairs.weights.values())[:64]:  # a sample of the scale tensors
+        if w.scale_dtype not in FLOAT_TAGS:
+            continue
+        s = read_scale(f.ckpt, w.scale)
+        if s.size and np.all((s == np.round(s)) & (s >= 64) & (s <= 192)):
+            suspect.append(w.name)
+    if suspect:
+        why = "scale values look like exponent bytes stored as numbers (e.g. 120.0 for 2**-7)"
+        for engine in ENGINES:
+            yield Finding(engine, MISREADS, why, _named(suspect))
+
+
+#: every rule, in the order the table lists their findings
+RULES: tuple[Rule, ...] = (
+    split_fused_groups,
+    partial_grids,
+    byte_scales_as_numbers,
+    e8m0_for_deepseek_v3,
+    e5m2_as_e4m3,
+    missing_expert_dtype,
+    exponent_bytes_as_values,
+)
+
+
+def engine_table(
+    ckpt: Checkpoint, engines: tuple[str, ...] = ENGINES
+) -> dict[str, dict[str, object]]:
+    """Per engine: its verdict (the worst of its findings: misreads > refuses > loads) and the
+    findings."""
+    qc = (ckpt.config or {}).get("quantization_config")
+    method = qc.get("quant_method") if isinstance(qc, dict) else None
+    facts = Facts(ckpt, pair_fp8_weights(ckpt), method)
+    found: dict[str, list[Finding]] = {e: [] for e in engines}
+    for rule in RULES:
+        for finding in rule(facts):
+            if finding.engine in found:
+                found[finding.engine].append(finding)
+    order = {LOADS: 0, REFUSES: 1, MISREADS: 2}
+    table: dict[str, dict[str, object]] = {}
+    for engine, findings in found.items():
+        verdict = max((f.verdict for f in findings), key=order.__getitem__, default=LOADS)
+        table[engine] = {
+            "verdict": verdict,
+            "findings": [
+                {"verdict": f.verdict, "reason": f.reason, "tensors": f.tensors} for f in findings
+            ],
+        }
+    return table
+
+
+__all__ = ["ENGINES", "RULES", "engine_table"]
