@@ -193,4 +193,5 @@ def test_every_output_carries_a_model_card_and_a_gitignore(
         ignored = (tmp_path / out / ".gitignore").read_text().splitlines()
         assert ".ue8m0-manifest.json" in ignored and ".ue8m0-stats/" in ignored
     assert "Kept as they are:" in (tmp_path / "q" / "README.md").read_text()
+    assert "| vllm | loads | - |" in (tmp_path / "q" / "README.md").read_text()
     assert "relative Frobenius error 0" in (tmp_path / "r" / "README.md").read_text()

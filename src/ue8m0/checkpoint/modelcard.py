@@ -101,6 +101,27 @@ def _error_lines(plan: Plan, dst: Path) -> list[str]:
     return lines
 
 
+def _loader_lines(dst: Path) -> list[str]:
+    """The loader table of ``ue8m0 verify`` for the shards just written."""
+    from ue8m0.checkpoint.engines import engine_table
+    from ue8m0.checkpoint.source import open_checkpoint
+
+    table = engine_table(open_checkpoint(dst))
+    lines = [
+        "What `ue8m0 verify --engine` says of this checkpoint (rules restating each loader; "
+        "see the ue8m0 docs for which are exercised against the real engines):",
+        "",
+        "| engine | verdict | why |",
+        "|---|---|---|",
+    ]
+    for engine, entry in table.items():
+        findings = entry["findings"]
+        assert isinstance(findings, list)
+        why = "; ".join(str(f["reason"]) for f in findings) or "-"
+        lines.append(f"| {engine} | {entry['verdict']} | {why} |")
+    return lines
+
+
 def model_card(ckpt: Checkpoint, plan: Plan, dst: Path) -> str:
     """The README.md of ``dst`` after ``plan`` ran from ``ckpt``."""
     from ue8m0 import __version__
@@ -135,6 +156,7 @@ def model_card(ckpt: Checkpoint, plan: Plan, dst: Path) -> str:
     if kept:
         lines += ["Kept as they are:", "", *kept, ""]
     lines += ["## Error", "", *_error_lines(plan, dst), ""]
+    lines += ["## Loaders", "", *_loader_lines(dst), ""]
     lines += [
         "## Files",
         "",
