@@ -30,6 +30,7 @@ import numpy as np
 from ue8m0 import kernels
 from ue8m0.api import QuantizedTensor, dequantize, quantize
 from ue8m0.checkpoint.convert import convert_shard
+from ue8m0.checkpoint.dstlock import acquire
 from ue8m0.checkpoint.manifest import Manifest, source_fingerprint
 from ue8m0.checkpoint.modelcard import CARD_NAME, write_card
 from ue8m0.checkpoint.options import DequantizeOptions, Fp8Options, Options, QuantizeOptions
@@ -87,10 +88,22 @@ def run_plan(
     progress = progress or Progress()
     check_destination(ckpt.root, dst)
     dst.mkdir(parents=True, exist_ok=True)
+    with acquire(dst, plan.kind):  # one run per DST: it may clean every temporary file
+        return _run_locked(ckpt, plan, dst, workers, progress, ray_address)
+
+
+def _run_locked(
+    ckpt: Checkpoint,
+    plan: Plan,
+    dst: Path,
+    workers: int,
+    progress: Progress,
+    ray_address: str | None,
+) -> RunResult:
     _clean_temps(dst)
     manifest = Manifest.open(dst, plan.params, source_fingerprint(ckpt))
     t0 = time.perf_counter()
-    todo = [s for s in plan.shards if not manifest.is_done(s.name, dst)]
+    todo = [s for s in plan.shards if not manifest.is_done(s, dst, ckpt.root)]
     skipped = [s.name for s in plan.shards if s not in todo]
     pooled = ray_address is None and workers > 1 and len(todo) > 1
     pool = _Pool.start(ckpt, plan, todo, workers) if pooled else None
@@ -277,8 +290,11 @@ class _Pool:
         return peak
 
     def kill(self) -> None:
-        for proc in list(getattr(self.executor, "_processes", {}).values()):
+        procs = list(getattr(self.executor, "_processes", {}).values())
+        for proc in procs:
             proc.terminate()
+        for proc in procs:  # dead before DST's temporary files are cleaned (none left behind)
+            proc.join(10)
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 

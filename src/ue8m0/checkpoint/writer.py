@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
+import uuid
 import zlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ue8m0.checkpoint.dropbehind import DropBehind
+from ue8m0.checkpoint.rawio import open_regular
 from ue8m0.checkpoint.safetensors import DTYPES
 from ue8m0.errors import CheckpointError
 
@@ -43,8 +46,11 @@ class OutSpec:
 
 
 def temp_path(path: Path) -> Path:
-    """The temporary name ``path`` is written under before the rename."""
-    return path.with_name(f".{path.name}{TMP_SUFFIX}")
+    """The temporary name ``path`` is written under before the rename: hidden, unique to this
+    call (``.NAME.<pid>-<random>.ue8m0-tmp``), so no two writers (two runs, two processes)
+    ever share one, and one run's cleanup of ``*.ue8m0-tmp`` never takes another's file
+    unnoticed (runs hold the destination's lock: :mod:`.dstlock`)."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
 
 
 def layout_header(specs: list[OutSpec], metadata: dict[str, str] | None) -> bytes:
@@ -93,18 +99,25 @@ class SafetensorsWriter:
         self._cursor = dict.fromkeys(self.specs, 0)
         self.size = offset
         self.checksum = ""
-        self._fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self._drop = DropBehind(self._fd)  # the file's pages leave the cache as they reach disk
         self._crcs: list[tuple[int, int, int]] = []  # (offset, length, crc32) of each piece
         # write-behind: pwrite releases the GIL, so the next slab is computed meanwhile
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="ue8m0-writer")
         self._pending: deque[Future[None]] = deque()
-        self._pwrite(memoryview(header), 0)
+        try:
+            self._pwrite(memoryview(header), 0)
+        except BaseException:
+            self.__exit__(*sys.exc_info())
+            raise
 
     def _pwrite(self, data: memoryview, offset: int) -> None:
         done = 0
         while done < len(data):
-            done += os.pwrite(self._fd, data[done:], offset + done)
+            try:
+                done += os.pwrite(self._fd, data[done:], offset + done)
+            except OSError as exc:  # ENOSPC, EFBIG, EIO: a write names no file; name ours
+                raise OSError(exc.errno, exc.strerror, str(self.tmp)) from None
         # checksummed from our buffer, so the file never has to be read back
         self._crcs.append((offset, len(data), zlib.crc32(data)))
         self._drop.written(offset, len(data))
@@ -149,18 +162,32 @@ class SafetensorsWriter:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` via a temporary file and a rename."""
+    """Write ``obj`` as indented JSON to ``path`` via a temporary file and a rename (the
+    temporary file is removed when anything fails, an interrupt included)."""
     tmp = temp_path(path)
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def copy_atomic(src: Path, dst: Path) -> None:
-    """Copy a file's bytes (not its links) to ``dst`` via a temporary file and a rename."""
+    """Copy a regular file's bytes (not its links) to ``dst`` via a temporary file and a rename.
+
+    The source is opened with :func:`.rawio.open_regular`: a FIFO or device swapped in after the
+    checkpoint was opened is refused instead of blocking the copy.
+    """
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(dst)
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    try:
+        with open(open_regular(src), "rb") as fin, open(tmp, "xb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _gf2_times(matrix: list[int], vector: int) -> int:

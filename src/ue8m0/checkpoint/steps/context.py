@@ -4,7 +4,7 @@ options, a progress tick and the kernel thread count."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,20 @@ class StepContext:
     options: Options
     tick: Tick
     threads: int | None
+    #: the other source shards a scale was read from, opened by :meth:`scale_file`
+    others: dict[str, SafetensorsFile] = field(default_factory=dict)
+
+    def scale_file(self, weight: Fp8Weight) -> SafetensorsFile:
+        """The open source shard that holds ``weight``'s scale: this task's own, or another
+        one, opened like it (a :class:`.srccrc.HashingFile` keeps the CRC of what it reads:
+        the output depends on those bytes too). The caller closes :attr:`others`."""
+        path = self.src_root / weight.scale_shard
+        if path == self.src.path:
+            return self.src
+        opened = self.others.get(weight.scale_shard)
+        if opened is None:
+            opened = self.others[weight.scale_shard] = type(self.src)(path)
+        return opened
 
 
 #: a step converts one task's tensor into the writer; it returns a per-tensor stats row

@@ -24,7 +24,7 @@ def dequantize_step(ctx: StepContext, task: Task) -> None:
     assert isinstance(opts, DequantizeOptions)
     w = task_weight(ctx, task)
     info = ctx.src.info(task.name)
-    scale = load_scale(ctx.src_root, w, ctx.src)
+    scale = load_scale(ctx.src_root, w, ctx.scale_file(w))
     out_dtype = ml_dtypes.bfloat16 if opts.dtype == "bf16" else np.float32
     if w.packed:
         _dequantize_fp4(ctx, task, scale, out_dtype)

@@ -54,7 +54,7 @@ def cast_fp4_step(ctx: StepContext, task: Task) -> dict[str, Any]:
     assert isinstance(opts, Fp4RepackOptions)
     w = task_weight(ctx, task)
     info = ctx.src.info(task.name)
-    raw = load_scale_bytes(ctx.src_root, w, ctx.src)
+    raw = load_scale_bytes(ctx.src_root, w, ctx.scale_file(w))
     scale = raw.reshape(-1, *raw.shape[-2:])
     tile_out = task.outputs[1]
     tile_grid = tile_out.shape

@@ -66,7 +66,7 @@ def requantize_step(ctx: StepContext, task: Task) -> dict[str, Any]:
     opts = _fp8_options(ctx)
     w = task_weight(ctx, task)
     info = ctx.src.info(task.name)
-    scale = load_scale(ctx.src_root, w, ctx.src)
+    scale = load_scale(ctx.src_root, w, ctx.scale_file(w))
     out_block = opts.out_block(w.block)
     copy = out_block == w.block
     grid = task.outputs[1].shape
@@ -131,7 +131,7 @@ def relayout_step(ctx: StepContext, task: Task) -> dict[str, Any]:
     opts = _fp8_options(ctx)
     w = task_weight(ctx, task)
     info = ctx.src.info(task.name)
-    scale = load_scale(ctx.src_root, w, ctx.src)
+    scale = load_scale(ctx.src_root, w, ctx.scale_file(w))
     out_block = opts.out_block(w.block)
     grid = task.outputs[1].shape
     codes = np.empty((math.prod(grid[:-2]), *grid[-2:]), np.uint8)

@@ -16,6 +16,7 @@ from ue8m0.checkpoint.scales import SCALE_DTYPES, encode_scale
 from ue8m0.checkpoint.slabs import slabs
 from ue8m0.checkpoint.steps.context import StepContext
 from ue8m0.errors import CheckpointError, NonFiniteError
+from ue8m0.policies import ScaleRule
 
 
 def quantize_step(ctx: StepContext, task: Task) -> None:
@@ -36,7 +37,7 @@ def quantize_step(ctx: StepContext, task: Task) -> None:
         if q.scale_codes is not None:
             codes[lead, g0 : g0 + q.scale.shape[0]] = q.scale_codes
         ctx.tick((r1 - r0) * info.shape[-1] * info.itemsize)
-    power_of_two = opts.scale_rule != "fp32"
+    power_of_two = ScaleRule(opts.scale_rule).is_power_of_two
     stored = encode_scale(scales, codes if power_of_two else None, SCALE_DTYPES[opts.scale_dtype])
     ctx.out.write(scale_out.name, stored.reshape(grid))
 
