@@ -35,6 +35,7 @@ from ue8m0.checkpoint.manifest import Manifest, source_fingerprint
 from ue8m0.checkpoint.modelcard import CARD_NAME, write_card
 from ue8m0.checkpoint.options import DequantizeOptions, Fp8Options, Options, QuantizeOptions
 from ue8m0.checkpoint.plan import Plan, ShardPlan, Task
+from ue8m0.checkpoint.preflight import check_plan
 from ue8m0.checkpoint.progress import Progress, peak_rss_bytes
 from ue8m0.checkpoint.registry import FP4, MX_BLOCK, element_fmt
 from ue8m0.checkpoint.safetensors import DTYPES
@@ -87,6 +88,7 @@ def run_plan(
     ``ray_address``, as tasks on that Ray cluster (:mod:`ue8m0.checkpoint.ray_exec`)."""
     progress = progress or Progress()
     check_destination(ckpt.root, dst)
+    check_plan(ckpt, plan)  # every output name once, no reserved shard name
     dst.mkdir(parents=True, exist_ok=True)
     with acquire(dst, plan.kind):  # one run per DST: it may clean every temporary file
         return _run_locked(ckpt, plan, dst, workers, progress, ray_address)
