@@ -2,19 +2,24 @@
 
 Checks done before any conversion starts: every path the index names stays inside the
 checkpoint (no ``..``, no absolute paths, no symlink escaping it — except the Hugging Face
-cache's own ``snapshots/<rev>/x -> ../../blobs/<hash>`` links), every shard exists and has a
-valid header, index and shards agree, no tensor is in two shards, and pickle-only checkpoints
-are refused without being opened.
+cache's own ``snapshots/<rev>/x -> ../../blobs/<hash>`` links), is a ``.safetensors`` name
+that none of ue8m0's own outputs can take (hidden names — the manifest, lock, stats, temporary
+files — and the index, ``config.json``, ``README.md``), every shard exists as a regular file
+and has a valid header, index and shards agree, no tensor is in two shards, and pickle-only
+checkpoints are refused without being opened. Files to copy along (tokenizer, ``*.py``) must
+be regular files: a FIFO or a device is refused before anything opens it (it would block the
+copy or read forever). JSON files go through :func:`.jsonio.load_json` (bounded size and depth).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from ue8m0.checkpoint.jsonio import load_json
+from ue8m0.checkpoint.rawio import open_regular
 from ue8m0.checkpoint.safetensors import SafetensorsFile, TensorInfo, read_header
 from ue8m0.errors import CheckpointError
 
@@ -72,14 +77,23 @@ def _safe_relative(root: Path, name: Any, index_path: Path) -> str:
     pure = PurePosixPath(name)
     if pure.is_absolute() or ".." in pure.parts or "\\" in name:
         raise CheckpointError(index_path, f"shard {name!r} points outside the checkpoint")
+    reserved = reserved_reason(str(pure))
+    if reserved is not None:
+        raise CheckpointError(index_path, f"shard name {name!r} {reserved}: refused")
     return str(pure)
 
 
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(path, f"{what} is not valid JSON ({exc})") from None
+def reserved_reason(rel: str) -> str | None:
+    """Why ``rel`` cannot be a shard's name (None when it can): ue8m0 writes its manifest,
+    lock, stats, source records and temporary files under hidden names, and the index,
+    ``config.json`` and the model card next to the shards; a shard under any of those names
+    would be overwritten (or would overwrite them) in DST."""
+    parts = PurePosixPath(rel).parts
+    if any(part.startswith(".") for part in parts):
+        return "is hidden (ue8m0 keeps its own files under hidden names)"
+    if not rel.endswith(".safetensors"):
+        return "is not a .safetensors file name"
+    return None
 
 
 def _find_index(root: Path) -> Path | None:
@@ -87,6 +101,38 @@ def _find_index(root: Path) -> Path | None:
         return root / INDEX_NAME
     found = sorted(root.glob("*.safetensors.index.json"))
     return found[0] if found else None
+
+
+def _weight_map(index: Any, index_path: Path) -> dict[str, Any]:
+    """The index's ``weight_map``, checked: an object of tensor name -> shard name; the
+    ``metadata`` an object whose ``total_size`` (if any) is an integer."""
+    if not isinstance(index, dict):
+        raise CheckpointError(index_path, f"the index is a JSON {_kind(index)}, not an object")
+    weight_map = index.get("weight_map")
+    if weight_map is None:
+        raise CheckpointError(index_path, "the index has no weight_map")
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(
+            index_path, f"the index's weight_map is a JSON {_kind(weight_map)}, not an object"
+        )
+    if not weight_map:
+        raise CheckpointError(index_path, "the index's weight_map is empty")
+    metadata = index.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise CheckpointError(
+            index_path, f"the index's metadata is a JSON {_kind(metadata)}, not an object"
+        )
+    total = (metadata or {}).get("total_size")
+    if total is not None and (type(total) is not int or total < 0):
+        raise CheckpointError(
+            index_path, f"the index's total_size {total!r} is not a non-negative integer"
+        )
+    return weight_map
+
+
+def _kind(value: Any) -> str:
+    kinds = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return kinds.get(type(value), "number")
 
 
 def open_checkpoint(src: str | Path) -> Checkpoint:
@@ -104,16 +150,14 @@ def open_checkpoint(src: str | Path) -> Checkpoint:
     index: dict[str, Any] | None = None
     if index_path is not None:
         check_inside(root, index_path, "the index")
-        index = _read_json(index_path, "the index")
-        weight_map = index.get("weight_map") if isinstance(index, dict) else None
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise CheckpointError(index_path, "the index has no weight_map")
+        index = load_json(index_path, "the index")
+        weight_map = _weight_map(index, index_path)
         shards = sorted({_safe_relative(root, v, index_path) for v in weight_map.values()})
         for shard in shards:
-            if not (root / shard).is_file():
+            if not (root / shard).exists():
                 raise CheckpointError(root / shard, "shard named in the index is missing")
     else:
-        shards = sorted(p.name for p in root.glob("*.safetensors"))
+        shards = sorted(p.name for p in root.glob("*.safetensors") if not p.name.startswith("."))
         if not shards:
             pickles = sorted(p.name for p in root.iterdir() if p.suffix in PICKLE_SUFFIXES)
             if pickles:
@@ -167,9 +211,9 @@ def _build(
     config = None
     extras: list[str] = []
     if not single:
-        if (root / "config.json").is_file():
+        if (root / "config.json").exists():
             check_inside(root, root / "config.json", "config.json")
-            config = _read_json(root / "config.json", "config.json")
+            config = load_json(root / "config.json", "config.json")
             if not isinstance(config, dict):
                 raise CheckpointError(root / "config.json", "config.json is not a JSON object")
         extras = _extra_files(root, set(shards), index_path)
@@ -188,18 +232,42 @@ def _extra_files(root: Path, shards: set[str], index_path: Path | None) -> list[
                 fname.startswith(".")
                 or rel in shards
                 or fname.endswith(".safetensors")
-                or (index_path is not None and path == index_path)
+                or fname.endswith(".index.json")  # the index read, or another one: not copied
                 or path.suffix in PICKLE_SUFFIXES
             ):
                 continue
             check_inside(root, path, "file")
+            _check_regular(path)
             out.append(rel)
     return out
 
 
+def _check_regular(path: Path) -> None:
+    """Refuse a file to copy that is not a regular file (a FIFO would block the copy, a device
+    would be read forever): :func:`.rawio.open_regular` stats it before opening."""
+    os.close(open_regular(path))
+
+
 def check_destination(src: Path, dst: Path) -> None:
-    """Refuse a destination equal to the source or inside it."""
+    """Refuse a destination that is the source or inside it, that exists and is not a
+    directory (a file, a FIFO), that is a symbolic link to nothing, or whose path runs
+    through a file: each a one-line error before anything is created."""
+    check_output_dir(dst, "the destination")
     src_dir = (src if src.is_dir() else src.parent).resolve()
     real = dst.resolve()
     if real == src_dir or src_dir in real.parents:
         raise CheckpointError(dst, f"the destination is inside the source {src_dir}: refused")
+
+
+def check_output_dir(out: Path, what: str) -> None:
+    """Refuse an output directory ``out`` that cannot be one: an existing non-directory, a
+    dangling symbolic link, or a path under a file."""
+    if out.is_symlink() and not out.exists():
+        raise CheckpointError(out, f"{what} is a symbolic link to nothing ({os.readlink(out)})")
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(out, f"{what} exists and is not a directory")
+    for parent in out.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CheckpointError(out, f"{what} is under {parent}, which is not a directory")
+            break
