@@ -159,7 +159,11 @@ def quantize(
         with np.errstate(divide="ignore"):
             multiplier = (np.float32(1.0) / scale).astype(np.float32)
         multiplier = np.where(scale == 0, np.float32(0), multiplier).astype(np.float32)
-    scaled = (blocks * multiplier[..., None]).astype(np.float32)
+    if rule is ScaleRule.FP32_DIV:  # x / s (a zero scale divides by inf: zero elements)
+        divisor = np.where(scale == 0, np.float32(np.inf), scale).astype(np.float32)
+        scaled = (blocks / divisor[..., None]).astype(np.float32)
+    else:
+        scaled = (blocks * multiplier[..., None]).astype(np.float32)
     codes = encode(scaled, fmt)
 
     if bad.any():  # nonfinite == PROPAGATE

@@ -70,7 +70,7 @@ def fake_quantize_activations(x: torch.Tensor, recipe: str | Recipe) -> torch.Te
     nb = -(-k // bc)
     padded = F.pad(x2, (0, nb * bc - k)).reshape(-1, nb, bc)
     amax = padded.abs().amax(dim=-1).cpu().numpy()  # NaN or Inf here iff the block has one
-    if fp8 is None or not np.isfinite(amax).all():
+    if fp8 is None or not np.isfinite(amax).all() or r.scale_rule is ScaleRule.FP32_DIV:
         q = _quantize(x2.cpu().numpy(), block, r.fmt, r.scale_rule, r.eps)
         return torch.from_numpy(dequantize(q)).to(x.device).reshape(x.shape)
     scale_np, mult_np = _block_scales(amax, r.fmt, r.scale_rule, r.eps)
@@ -79,7 +79,8 @@ def fake_quantize_activations(x: torch.Tensor, recipe: str | Recipe) -> torch.Te
     top = float(r.fmt.max)
     codes = (padded * mult).clamp_(-top, top).to(fp8)  # clamp + RNE cast = saturating RNE
     out = codes.float() * scale
-    return out.reshape(-1, nb * bc)[:, :k].reshape(x.shape)
+    # contiguous: a strided input can take another GEMM path in F.linear (other rounding)
+    return out.reshape(-1, nb * bc)[:, :k].reshape(x.shape).contiguous()
 
 
 class FP8Linear(nn.Module):

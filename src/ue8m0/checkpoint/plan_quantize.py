@@ -20,6 +20,8 @@ from ue8m0.checkpoint.scales import SCALE_DTYPES, scale_grid
 from ue8m0.checkpoint.source import Checkpoint
 from ue8m0.checkpoint.writer import OutSpec
 from ue8m0.errors import CheckpointError
+from ue8m0.policies import ScaleRule
+from ue8m0.printable import printable
 
 
 def _fp4_outputs(info: TensorInfo, layout_scale: str) -> tuple[OutSpec, ...]:
@@ -108,12 +110,43 @@ def _as_fp4(info: TensorInfo, opts: QuantizeOptions) -> bool:
     return opts.experts == "fp4" and opts.out_layout.is_fp4_expert(info.name)
 
 
-def plan_quantize(ckpt: Checkpoint, opts: QuantizeOptions) -> Plan:
-    """Plan ``ue8m0 quantize`` with validated ``opts``."""
+def _existing_quantization(ckpt: Checkpoint) -> str | None:
+    """The ``quant_method`` (or ``?``) of a ``quantization_config`` the source already declares,
+    at the top level or in a nested ``text_config``; None when it declares none."""
+    for level in (ckpt.config, (ckpt.config or {}).get("text_config")):
+        if isinstance(level, dict) and level.get("quantization_config") is not None:
+            qc = level["quantization_config"]
+            method = qc.get("quant_method") if isinstance(qc, dict) else None
+            return str(method) if method is not None else "?"
+    return None
+
+
+def plan_quantize(
+    ckpt: Checkpoint,
+    opts: QuantizeOptions,
+    *,
+    allow_empty: bool = False,
+    replace_quantization: bool = False,
+) -> Plan:
+    """Plan ``ue8m0 quantize`` with validated ``opts``.
+
+    Refused (one line each): a source with FP8 tensors; a source whose ``config.json`` already
+    declares a ``quantization_config`` (bitsandbytes, GPTQ, ...: its tensors are not what that
+    config describes once converted) unless ``replace_quantization``; a plan that converts no
+    tensor (the output would be a copy declaring FP8) unless ``allow_empty``.
+    """
     fp8 = [t.name for t in ckpt.tensors.values() if t.dtype in FP8_TAGS]
     if fp8:
         raise CheckpointError(
             ckpt.path(ckpt.weight_map[fp8[0]]), "already FP8: dequantize it first", fp8[0]
+        )
+    method = _existing_quantization(ckpt)
+    if method is not None and not replace_quantization:
+        raise CheckpointError(
+            ckpt.root / "config.json",
+            f"already has a quantization_config (quant_method {printable(method)}): quantize "
+            "would read its tensors as high precision and replace it "
+            "(--replace-quantization-config does)",
         )
     layout = opts.out_layout
     assert opts.block is not None and opts.scale_dtype is not None, "validated options"
@@ -149,12 +182,28 @@ def plan_quantize(ckpt: Checkpoint, opts: QuantizeOptions) -> Plan:
     if ckpt.config is not None:
         config = dict(ckpt.config)
         config["quantization_config"] = layout.quant_config(
-            opts.fmt, opts.block, opts.scale_rule != "fp32", sorted(set(kept_modules))
+            opts.fmt,
+            opts.block,
+            ScaleRule(opts.scale_rule).is_power_of_two,
+            sorted(set(kept_modules)),
         )
         if opts.experts is not None:  # written where every V4 loader looks for it
             config["expert_dtype"] = opts.experts
             config["quantization_config"]["expert_dtype"] = opts.experts
     plan = Plan("quantize", shards, config, opts)
     if all(t.action == "copy" for t in plan.tasks):
+        if not allow_empty:
+            raise CheckpointError(ckpt.root, _nothing_converted(plan))
         plan.notes.append("no tensor is converted (check --include/--exclude and the block)")
     return plan
+
+
+def _nothing_converted(plan: Plan) -> str:
+    """Why a plan converts nothing, naming the first weight kept and its reason."""
+    weights = [t for t in plan.tasks if t.name.endswith(".weight") and t.action == "copy"]
+    first = weights[0] if weights else (plan.tasks[0] if plan.tasks else None)
+    example = f" ({printable(first.name)}: {first.reason})" if first is not None else ""
+    return (
+        f"nothing to convert: every tensor would be kept in high precision{example}; check "
+        "--include/--exclude and --block (--allow-empty writes the copy anyway)"
+    )

@@ -28,7 +28,7 @@ from ue8m0.kernels._tasks import next_task, prefetch_row, task_grid, task_span
 from ue8m0.policies import ScaleRule
 
 # rule ids as the kernels know them (compile-time constants derived from the enum)
-RCEIL, LOG2, FLOOR, CEIL, EVEN, FP32 = (
+RCEIL, LOG2, FLOOR, CEIL, EVEN, FP32, FP32_DIV = (
     r.kernel_id
     for r in (
         ScaleRule.RCEIL,
@@ -37,6 +37,7 @@ RCEIL, LOG2, FLOOR, CEIL, EVEN, FP32 = (
         ScaleRule.CEIL,
         ScaleRule.EVEN,
         ScaleRule.FP32,
+        ScaleRule.FP32_DIV,
     )
 )
 
@@ -118,6 +119,11 @@ def block_scales(
             s = max(bits_f32(amax[jj]), eps) / fmax
             scale_row[jj] = s
             mult[jj] = np.float32(0.0) if s == 0 else np.float32(1.0) / s
+    elif rule == FP32_DIV:  # mult is the divisor (inf for a zero scale: zero elements)
+        for jj in range(n):
+            s = max(bits_f32(amax[jj]), eps) / fmax
+            scale_row[jj] = s
+            mult[jj] = np.float32(np.inf) if s == 0 else s
     else:
         if rule == RCEIL:
             for jj in range(n):
@@ -162,9 +168,13 @@ def run_amax(seg: Any, n: int) -> Any:
 
 
 @njit(cache=True, inline="always")
-def run_encode(seg: Any, dst: Any, n: int, m: Any, simple: bool, p: Any) -> None:
-    """``dst[:n]`` = element codes of ``seg[:n] * m`` (constant trip counts for 32 and 128)."""
-    if simple:
+def run_encode(seg: Any, dst: Any, n: int, m: Any, simple: bool, divide: bool, p: Any) -> None:
+    """``dst[:n]`` = element codes of ``seg[:n] * m``, or ``seg[:n] / m`` when ``divide``
+    (constant trip counts for 32 and 128)."""
+    if divide:
+        for c in range(n):
+            dst[c] = round_code(bits_f32(widen(seg[c])) / m, p)
+    elif simple:
         if n == 128:
             for c in range(128):
                 dst[c] = round_code_finite(bits_f32(widen(seg[c])) * m, p)
@@ -203,7 +213,8 @@ def quantize_kernel(
     """
     # power-of-two multipliers keep finite elements finite; then only the sign of zero
     # (kept unless the format is FNUZ) needs more than the plain rounding
-    simple = rule != FP32 and p[7] != 0
+    simple = rule != FP32 and rule != FP32_DIV and p[7] != 0
+    divide = rule == FP32_DIV
     p = unpack(p)
     ntasks = task_grid(x.shape, br, bc, chunk)[3]
     bad = np.zeros(ntasks, dtype=np.int64)  # per task (no parfor reduction)
@@ -232,7 +243,7 @@ def quantize_kernel(
             for jj in range(nj):
                 seg = row[jj * bc : jj * bc + bc]
                 dst = out[jj * bc : jj * bc + bc]
-                run_encode(seg, dst, seg.shape[0], mult[jj], simple, p)
+                run_encode(seg, dst, seg.shape[0], mult[jj], simple, divide, p)
         bad[task] = nbad
         if nbad:
             for jj in range(nj):
@@ -263,7 +274,8 @@ def quantize_groups_kernel(
     a block's amax is one 32-lane load and a vector reduction (:func:`amax32`; a loop of 32
     gets unrolled into a scalar chain) and its encode two full float32 vectors.
     """
-    simple = rule != FP32 and p[7] != 0
+    simple = rule != FP32 and rule != FP32_DIV and p[7] != 0
+    divide = rule == FP32_DIV
     p = unpack(p)
     nrows, ngroups, bc = x.shape
     nchunks = (ngroups + chunk - 1) // chunk
@@ -300,7 +312,7 @@ def quantize_groups_kernel(
                     dst[c] = round_code_finite(bits_f32(widen(seg[c])) * m, p)
         else:
             for jj in range(nj):
-                run_encode(xr[j0 + jj], cr[j0 + jj], bc, mult[jj], simple, p)
+                run_encode(xr[j0 + jj], cr[j0 + jj], bc, mult[jj], simple, divide, p)
         bad[task] = nbad
         if nbad:
             for jj in range(nj):
