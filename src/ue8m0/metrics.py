@@ -179,23 +179,50 @@ class ErrorStats:
     def update(
         self, ref: np.ndarray, approx: np.ndarray, saturated: np.ndarray | None = None
     ) -> None:
-        """Add a chunk (``ref`` and ``approx`` of the same shape, at least 2-D)."""
+        """Add a chunk (``ref`` and ``approx`` of the same shape, at least 2-D).
+
+        The reference computation (float64 numpy temporaries); the report's fast path computes
+        the same sums in one compiled pass and adds them with :meth:`add_sums`.
+        """
         x, y = _as64(ref), _as64(approx)
         e = y - x
-        row_ref = np.sum(x * x, axis=-1).ravel()
-        row_err = np.sum(e * e, axis=-1).ravel()
-        self.count += x.size
         nz = x != 0
-        self.nonzero += int(np.count_nonzero(nz))
-        self.flushed += int(np.count_nonzero(nz & (y == 0)))
+        self.add_sums(
+            count=x.size,
+            nonzero=int(np.count_nonzero(nz)),
+            flushed=int(np.count_nonzero(nz & (y == 0))),
+            saturated=int(np.count_nonzero(saturated)) if saturated is not None else 0,
+            row_ref=np.sum(x * x, axis=-1).ravel(),
+            row_err=np.sum(e * e, axis=-1).ravel(),
+            approx_sq=float(np.sum(y * y)),
+            dot=float(np.sum(x * y)),
+            max_abs=float(np.max(np.abs(e))) if e.size else 0.0,
+        )
+
+    def add_sums(
+        self,
+        *,
+        count: int,
+        nonzero: int,
+        flushed: int,
+        saturated: int,
+        row_ref: np.ndarray,
+        row_err: np.ndarray,
+        approx_sq: float,
+        dot: float,
+        max_abs: float,
+    ) -> None:
+        """Add a chunk given as its sums: per-row ``Σx²`` and ``Σe²`` (float64), the chunk's
+        ``Σy²``, ``Σxy``, ``max |e|`` and its element counts."""
+        self.count += count
+        self.nonzero += nonzero
+        self.flushed += flushed
+        self.saturated += saturated
         self.ref_sq += float(row_ref.sum())
         self.err_sq += float(row_err.sum())
-        self.approx_sq += float(np.sum(y * y))
-        self.dot += float(np.sum(x * y))
-        if e.size:
-            self.max_abs = max(self.max_abs, float(np.max(np.abs(e))))
-        if saturated is not None:
-            self.saturated += int(np.count_nonzero(saturated))
+        self.approx_sq += approx_sq
+        self.dot += dot
+        self.max_abs = max(self.max_abs, max_abs)
         noisy = row_err > 0
         if noisy.any():
             with np.errstate(divide="ignore"):

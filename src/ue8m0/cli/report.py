@@ -15,14 +15,16 @@ EXAMPLES = """
 Examples:
   ue8m0 report                                         # the bundled MiniLM
   ue8m0 report model.safetensors
-  ue8m0 report path/to/checkpoint/ --out report/       # + index.html and PNG plots
+  ue8m0 report path/to/checkpoint/ --out /tmp/report/  # + index.html and PNG plots
+  ue8m0 report ckpt/ --workers 2                       # tensors in 2 processes
   ue8m0 report ckpt/ --recipe rceil --recipe fp32 --recipe e4m3:1x128:floor
   ue8m0 report ckpt/ --include '*.mlp.*' --rank-by sqnr_db --top 20
   ue8m0 report ckpt/ --json > report.json
 
 \b
 Recipes (defaults: all): rceil, fp32, floor (e4m3 128x128), mxfp8 (e4m3 1x32 rceil),
-e5m2 (128x128 rceil), mxfp4 (e2m1 1x32 rceil), or FMT:RxC:RULE.
+e5m2 (128x128 rceil), mxfp4 (e2m1 1x32 rceil), rceil-mse and mxfp4-mse (the MSE scale
+search), or FMT:RxC:RULE[:mse].
 JSON writes non-finite numbers as the strings "inf", "-inf", "nan".
 """
 
@@ -34,7 +36,7 @@ JSON writes non-finite numbers as the strings "inf", "-inf", "nan".
     "recipes",
     multiple=True,
     metavar="NAME",
-    help="Recipe to measure (repeatable; default: all six named recipes).",
+    help=f"Recipe to measure (repeatable; default: all {len(DEFAULT_RECIPES)} named recipes).",
 )
 @click.option(
     "--out",
@@ -59,8 +61,17 @@ JSON writes non-finite numbers as the strings "inf", "-inf", "nan".
     "--slab-mb",
     default=64,
     show_default=True,
-    help="Rows read at a time, in MiB of float32 (the memory bound).",
+    help="Rows read at a time, in MiB of float32 (the memory bound, per worker).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes over tensors; the cores are shared out as kernel threads "
+    "(1: one process using every core).",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def report(
     src: Path | None,
     recipes: tuple[str, ...],
@@ -70,12 +81,15 @@ def report(
     rank_by: str,
     top: int,
     slab_mb: int,
+    workers: int,
+    quiet: bool,
 ) -> None:
     """Quantize every float tensor of SRC (a .safetensors file or a checkpoint directory;
     default: the bundled MiniLM)
     under each recipe and report SQNR, relative Frobenius error, cosine, max abs error,
     saturated and flushed-to-zero fractions, and per-block headroom."""
     from ue8m0.report.analysis import analyze_checkpoint
+    from ue8m0.report.progress import make_report_progress
     from ue8m0.report.text import report_json, terminal_report
 
     if src is None:
@@ -84,7 +98,13 @@ def report(
         src = minilm_dir() / "model.safetensors"
     chosen = [get_recipe(r) for r in (recipes or DEFAULT_RECIPES)]
     result = analyze_checkpoint(
-        src, chosen, include=include, rank_by=rank_by, slab_bytes=max(1, slab_mb) << 20
+        src,
+        chosen,
+        include=include,
+        rank_by=rank_by,
+        slab_bytes=max(1, slab_mb) << 20,
+        workers=workers,
+        progress=make_report_progress(quiet, as_json),
     )
     document = report_json(result)
     if out is not None:

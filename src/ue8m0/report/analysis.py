@@ -19,8 +19,10 @@ from typing import Any
 import numpy as np
 
 from ue8m0.api import dequantize
+from ue8m0.checkpoint.safetensors import DTYPES
 from ue8m0.metrics import ErrorStats, block_reduce, headroom_bits, saturated_mask
 from ue8m0.recipes import Recipe
+from ue8m0.report.progress import ReportProgress
 from ue8m0.report.source import TensorRef, iter_slabs, list_tensors
 
 #: headroom histogram bins (bits): 1/16 bit wide, values outside land in the end bins
@@ -100,7 +102,9 @@ class RecipeStats:
     block_errors: list[np.ndarray] = field(default_factory=list)
 
     def update(self, x: np.ndarray, recipe: Recipe, sample_stride: int) -> None:
-        """Quantize the slab ``x`` with ``recipe`` and add what it cost."""
+        """Quantize the slab ``x`` with ``recipe`` and add what it cost: the reference path
+        (numpy, float64 temporaries, :meth:`Recipe.quantize` with the numpy MSE search), the
+        oracle of :meth:`update_fast`."""
         q = recipe.quantize(x)
         y = dequantize(q)
         self.errors.update(x, y, saturated_mask(x, q))
@@ -111,9 +115,27 @@ class RecipeStats:
         x64 = x.astype(np.float64)
         err_sq = block_reduce((y - x64) ** 2, q.block).ravel()
         ref_sq = block_reduce(x64 * x64, q.block).ravel()
+        self._sample(err_sq, ref_sq, sample_stride)
+
+    def update_fast(
+        self, x: np.ndarray, recipe: Recipe, sample_stride: int, buffers: Any, threads: int | None
+    ) -> None:
+        """:meth:`update` for a 2-D float32 slab in one compiled pass (:mod:`.fused`)."""
+        from ue8m0.report.fused import measure_slab, scale_exponents
+
+        q, sums = measure_slab(x, recipe, buffers, threads)
+        self.errors.add_sums(**sums["errors"])
+        amax = sums["amax"].astype(np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
-            rel = np.sqrt(err_sq / ref_sq)
-        self.block_errors.append(rel[::sample_stride].astype(np.float32))
+            headroom = np.log2(q.fmt.max * q.scale.astype(np.float64) / amax)
+        self.headroom.update(np.where(amax > 0, headroom, np.nan))
+        self.exponents.update(scale_exponents(q.scale))
+        self._sample(sums["block_err"].ravel(), sums["block_ref"].ravel(), sample_stride)
+
+    def _sample(self, err_sq: np.ndarray, ref_sq: np.ndarray, stride: int) -> None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.sqrt(err_sq[::stride] / ref_sq[::stride])
+        self.block_errors.append(rel.astype(np.float32))
 
     def merge(self, other: RecipeStats) -> None:
         self.errors.merge(other.errors)
@@ -212,16 +234,77 @@ def _sample_stride(recipe: Recipe, shape: tuple[int, ...]) -> int:
 
 
 def analyze_array(
-    name: str, chunks: Any, shape: tuple[int, ...], dtype: str, recipes: Sequence[Recipe]
+    name: str,
+    chunks: Any,
+    shape: tuple[int, ...],
+    dtype: str,
+    recipes: Sequence[Recipe],
+    *,
+    reference: bool = False,
+    threads: int | None = None,
+    on_slab: Callable[[np.ndarray], None] | None = None,
 ) -> TensorReport:
-    """Measure one tensor given as an iterable of float32 row slabs (or one array)."""
+    """Measure one tensor given as an iterable of float32 row slabs (or one array).
+
+    ``reference``: the numpy reference path (:meth:`RecipeStats.update`) instead of the
+    compiled one; ``threads``: kernel threads (default: all); ``on_slab`` is called after each
+    slab with it (progress).
+    """
     stats = {r.name: RecipeStats() for r in recipes}
     strides = {r.name: _sample_stride(r, shape) for r in recipes}
     slabs = [chunks] if isinstance(chunks, np.ndarray) else chunks
+    buffers = None
     for slab in slabs:
-        for recipe in recipes:
-            stats[recipe.name].update(slab, recipe, strides[recipe.name])
+        if reference or slab.ndim != 2:
+            for recipe in recipes:
+                stats[recipe.name].update(slab, recipe, strides[recipe.name])
+        else:
+            from ue8m0.report.fused import SlabBuffers
+
+            buffers = buffers or SlabBuffers()
+            x = np.ascontiguousarray(slab, dtype=np.float32)
+            for recipe in recipes:
+                stats[recipe.name].update_fast(x, recipe, strides[recipe.name], buffers, threads)
+        if on_slab is not None:
+            on_slab(slab)
     return TensorReport(name, dtype, tuple(shape), stats)
+
+
+def tensor_bytes(ref: TensorRef) -> int:
+    """Bytes of ``ref`` in its file (what the progress bar counts)."""
+    return math.prod(ref.shape) * np.dtype(DTYPES[ref.dtype]).itemsize
+
+
+def measure_tensor(
+    ref: TensorRef,
+    recipes: Sequence[Recipe],
+    slab_bytes: int,
+    *,
+    reference: bool = False,
+    threads: int | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+) -> TensorReport:
+    """Read ``ref`` in slabs once and measure every recipe on each slab."""
+    rows = slab_rows(recipes, ref.shape, slab_bytes)
+    itemsize = np.dtype(DTYPES[ref.dtype]).itemsize
+
+    def tick(slab: np.ndarray) -> None:
+        if on_bytes is not None:
+            on_bytes(slab.size * itemsize)
+
+    from ue8m0.kernels._threads import using_threads
+
+    with using_threads(threads):  # the compiled passes' threads (the kernels take ``threads``)
+        return analyze_array(
+            ref.name,
+            iter_slabs(ref, rows),
+            ref.shape,
+            ref.dtype,
+            recipes,
+            reference=reference,
+            threads=threads,
+            on_slab=tick,
+        )
 
 
 def analyze_checkpoint(
@@ -231,16 +314,41 @@ def analyze_checkpoint(
     include: tuple[str, ...] = (),
     rank_by: str = "worst_row_sqnr_db",
     slab_bytes: int = DEFAULT_SLAB_BYTES,
-    progress: Callable[[TensorRef], None] | None = None,
+    workers: int = 1,
+    progress: ReportProgress | None = None,
+    reference: bool = False,
 ) -> CheckpointReport:
-    """Measure every float tensor of ``src`` (2-D or more) under each of ``recipes``."""
+    """Measure every float tensor of ``src`` (2-D or more) under each of ``recipes``.
+
+    Each tensor is read once, one slab at a time, for all recipes. ``workers > 1`` measures
+    tensors in that many worker processes (:mod:`.parallel`), the cores shared out as kernel
+    threads; the result is the same. ``reference``: the numpy reference path (slow; tests).
+    """
     refs, skipped = list_tensors(src, include)
-    tensors = []
-    for ref in refs:
-        if progress is not None:
-            progress(ref)
-        rows = slab_rows(recipes, ref.shape, slab_bytes)
-        tensors.append(
-            analyze_array(ref.name, iter_slabs(ref, rows), ref.shape, ref.dtype, recipes)
-        )
+    progress = progress or ReportProgress()
+    pool = None
+    if workers > 1 and len(refs) > 1:
+        from ue8m0.report.parallel import TensorPool
+
+        pool = TensorPool.start(src, list(recipes), min(workers, len(refs)), reference)
+    sizes = [tensor_bytes(r) for r in refs]
+    progress.start(sum(sizes), len(refs))
+    try:
+        if pool is not None:
+            tensors = pool.run(measure_tensor, refs, sizes, slab_bytes, progress)
+        else:
+            tensors = []
+            for ref in refs:
+                tensors.append(
+                    measure_tensor(
+                        ref, recipes, slab_bytes, reference=reference, on_bytes=progress.advance
+                    )
+                )
+                progress.tensor_done()
+    except BaseException:
+        if pool is not None:
+            pool.kill()
+        raise
+    finally:
+        progress.close()
     return CheckpointReport(str(src), list(recipes), tensors, skipped, rank_by)
