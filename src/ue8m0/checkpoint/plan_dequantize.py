@@ -4,11 +4,37 @@ layout) back to BF16 or F32; its scale is dropped, everything else copied."""
 from __future__ import annotations
 
 from ue8m0.checkpoint.options import DEQUANT_DTYPES, DequantizeOptions
-from ue8m0.checkpoint.pairs import find_fp8_weights
+from ue8m0.checkpoint.pairs import Fp8Weight, pair_fp8_weights
 from ue8m0.checkpoint.plan import Plan, ShardPlan, Task, copy_task
 from ue8m0.checkpoint.registry import without_quantization
 from ue8m0.checkpoint.source import Checkpoint
 from ue8m0.checkpoint.writer import OutSpec
+from ue8m0.errors import CheckpointError
+
+
+def _fp8_weights(ckpt: Checkpoint) -> list[Fp8Weight]:
+    """Every FP8 weight with its scale; refused (one line): a weight without a usable scale, a
+    checkpoint without FP8 weights (nothing to dequantize: as ``requantize`` refuses it), and a
+    scale grid that fits the weight only with another block than the configured
+    ``weight_block_size`` (the dequantized values would use a block the checkpoint does not
+    declare)."""
+    pairs = pair_fp8_weights(ckpt)
+    if pairs.problems:
+        raise pairs.problems[0].error(ckpt)
+    if not pairs.weights:
+        raise CheckpointError(
+            ckpt.root, "no FP8 weights: nothing to dequantize (the checkpoint is high precision)"
+        )
+    for w in pairs.weights.values():
+        if pairs.declared is not None and w.block != pairs.declared and not w.packed:
+            info, scale = ckpt.tensors[w.name], ckpt.tensors[w.scale]
+            raise CheckpointError(
+                ckpt.path(ckpt.weight_map[w.name]),
+                f"scale {w.scale} of shape {list(scale.shape)} does not fit {list(info.shape)} "
+                f"with the configured weight_block_size {list(pairs.declared)}",
+                w.name,
+            )
+    return list(pairs.weights.values())
 
 
 def plan_dequantize(ckpt: Checkpoint, opts: DequantizeOptions | None = None) -> Plan:
@@ -17,7 +43,7 @@ def plan_dequantize(ckpt: Checkpoint, opts: DequantizeOptions | None = None) -> 
     out_tag = DEQUANT_DTYPES[opts.dtype]
     consumed: dict[str, str] = {}
     found: dict[str, Task] = {}
-    for w in find_fp8_weights(ckpt).values():
+    for w in _fp8_weights(ckpt):
         info = ckpt.tensors[w.name]
         consumed[w.scale] = w.name
         found[w.name] = Task(

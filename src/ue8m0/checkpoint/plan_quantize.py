@@ -20,7 +20,6 @@ from ue8m0.checkpoint.scales import SCALE_DTYPES, scale_grid
 from ue8m0.checkpoint.source import Checkpoint
 from ue8m0.checkpoint.writer import OutSpec
 from ue8m0.errors import CheckpointError
-from ue8m0.policies import ScaleRule
 from ue8m0.printable import printable
 
 
@@ -125,7 +124,7 @@ def plan_quantize(
     ckpt: Checkpoint,
     opts: QuantizeOptions,
     *,
-    allow_empty: bool = False,
+    allow_empty: bool = True,
     replace_quantization: bool = False,
 ) -> Plan:
     """Plan ``ue8m0 quantize`` with validated ``opts``.
@@ -133,7 +132,8 @@ def plan_quantize(
     Refused (one line each): a source with FP8 tensors; a source whose ``config.json`` already
     declares a ``quantization_config`` (bitsandbytes, GPTQ, ...: its tensors are not what that
     config describes once converted) unless ``replace_quantization``; a plan that converts no
-    tensor (the output would be a copy declaring FP8) unless ``allow_empty``.
+    tensor (the output would be a copy declaring FP8) unless ``allow_empty`` (the default, for
+    a plan that is only shown: it gets a note; the CLI refuses a run that converts nothing).
     """
     fp8 = [t.name for t in ckpt.tensors.values() if t.dtype in FP8_TAGS]
     if fp8:
@@ -182,10 +182,7 @@ def plan_quantize(
     if ckpt.config is not None:
         config = dict(ckpt.config)
         config["quantization_config"] = layout.quant_config(
-            opts.fmt,
-            opts.block,
-            ScaleRule(opts.scale_rule).is_power_of_two,
-            sorted(set(kept_modules)),
+            opts.fmt, opts.block, opts.scale_rule != "fp32", sorted(set(kept_modules))
         )
         if opts.experts is not None:  # written where every V4 loader looks for it
             config["expert_dtype"] = opts.experts

@@ -49,7 +49,9 @@ F8_E8M0 scale per 32 inputs; --experts fp8 keeps them FP8), expert_dtype in conf
 --format compressed-tensors writes X.weight_scale (F32) and a float-quantized config_groups
 config (strategy block, block_structure); --format mxfp8 writes 1x32 groups with U8 biased-exponent
 X.weight_scale_inv and quant_method mxfp8 (as SGLang reads MXFP8).
-Rerunning into the same DST resumes; other parameters are refused.
+Rerunning into the same DST resumes; other parameters are refused. A run that would convert no
+tensor is an error (--allow-empty writes the copy), and so is a source whose config.json
+already declares another quantization (--replace-quantization-config replaces it).
 """
 
 
@@ -121,6 +123,17 @@ Rerunning into the same DST resumes; other parameters are refused.
     help="Also convert weights whose dims are not multiples of the block.",
 )
 @click.option(
+    "--allow-empty",
+    is_flag=True,
+    help="Write the output even when no tensor is converted (else that is an error).",
+)
+@click.option(
+    "--replace-quantization-config",
+    is_flag=True,
+    help="Quantize a source whose config.json already declares a quantization_config "
+    "(bitsandbytes, GPTQ, ...), replacing it (else that is an error).",
+)
+@click.option(
     "--not-for-serving",
     is_flag=True,
     help="The output is not for vLLM/SGLang: write options their loaders misread "
@@ -142,6 +155,8 @@ def quantize(
     exclude: tuple[str, ...],
     experts: str | None,
     not_for_serving: bool,
+    allow_empty: bool,
+    replace_quantization_config: bool,
     pad_partial: bool,
     dry_run: bool,
     workers: int,
@@ -171,7 +186,12 @@ def quantize(
     ).validated()
     ckpt = open_checkpoint(src)
     check_destination(src, dst)
-    plan = plan_quantize(ckpt, opts)
+    plan = plan_quantize(
+        ckpt,
+        opts,
+        allow_empty=allow_empty or dry_run,  # a dry run shows the empty plan with a note
+        replace_quantization=replace_quantization_config,
+    )
     result = run_or_print_plan(ckpt, plan, dst, dry_run, workers, quiet, as_json, detail=True)
     if result is not None and as_json:
         echo_json({**result.summary(), "dst": str(dst)})

@@ -25,6 +25,7 @@ def dequantize_step(ctx: StepContext, task: Task) -> None:
     w = task_weight(ctx, task)
     info = ctx.src.info(task.name)
     scale = load_scale(ctx.src_root, w, ctx.scale_file(w))
+    _refuse_nonfinite(ctx, task, scale, w.scale_dtype)
     out_dtype = ml_dtypes.bfloat16 if opts.dtype == "bf16" else np.float32
     if w.packed:
         _dequantize_fp4(ctx, task, scale, out_dtype)
@@ -45,12 +46,6 @@ def _dequantize_fp4(ctx: StepContext, task: Task, scale: np.ndarray, out_dtype: 
     """Packed FP4 rows (two E2M1 codes per byte, element 2i in the low nibble) times their
     per-32 scales, in float32 (exact), rounded once to the output dtype."""
     info = ctx.src.info(task.name)
-    bad = np.argwhere(~np.isfinite(scale))
-    if bad.size:
-        where = tuple(int(i) for i in bad[0])
-        raise CheckpointError(
-            ctx.src.path, f"scale {task.scale} is NaN (byte 0xFF) at {where}", task.name
-        )
     for lead, r0, r1 in slabs(info.shape, info.itemsize * 2, 1):
         codes = _unpack_nibbles(ctx.src.read_rows(task.name, lead, r0, r1))
         q = QuantizedTensor.from_stored(
@@ -59,6 +54,19 @@ def _dequantize_fp4(ctx: StepContext, task: Task, scale: np.ndarray, out_dtype: 
         deq = dequantize(q, out_dtype, threads=ctx.threads)
         ctx.out.write(task.name, deq)
         ctx.tick((r1 - r0) * info.shape[-1] * info.itemsize)
+
+
+def _refuse_nonfinite(ctx: StepContext, task: Task, scale: np.ndarray, tag: str) -> None:
+    """A NaN or infinite dequant multiplier (E8M0 byte 0xFF, a float NaN/Inf) has no value to
+    dequantize with: one line naming the weight, its scale and the first such block."""
+    bad = np.argwhere(~np.isfinite(scale))
+    if bad.size:
+        where = tuple(int(i) for i in bad[0])
+        byte = " (byte 0xFF)" if tag in ("F8_E8M0", "U8") else ""
+        what = f"NaN{byte}" if np.isnan(scale[where]) else "infinite"
+        if where[0] == 0 and scale.shape[0] == 1:
+            where = where[1:]
+        raise CheckpointError(ctx.src.path, f"scale {task.scale} is {what} at {where}", task.name)
 
 
 def _unpack_nibbles(packed: np.ndarray) -> np.ndarray:
