@@ -20,6 +20,7 @@ from ue8m0.checkpoint.scales import SCALE_DTYPES, scale_grid
 from ue8m0.checkpoint.source import Checkpoint
 from ue8m0.checkpoint.writer import OutSpec
 from ue8m0.errors import CheckpointError
+from ue8m0.policies import ScaleRule
 from ue8m0.printable import printable
 
 
@@ -182,7 +183,10 @@ def plan_quantize(
     if ckpt.config is not None:
         config = dict(ckpt.config)
         config["quantization_config"] = layout.quant_config(
-            opts.fmt, opts.block, opts.scale_rule != "fp32", sorted(set(kept_modules))
+            opts.fmt,
+            opts.block,
+            ScaleRule(opts.scale_rule).is_power_of_two,
+            sorted(set(kept_modules)),
         )
         if opts.experts is not None:  # written where every V4 loader looks for it
             config["expert_dtype"] = opts.experts
