@@ -177,8 +177,9 @@ def echo_json(obj: Any) -> None:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A left-aligned text table with SCREAMING headers."""
-    cells = [[str(h).upper() for h in headers], *[[str(c) for c in r] for r in rows]]
+    """A left-aligned text table with SCREAMING headers; every cell escaped (a tensor name's
+    newline or ESC cannot forge a row or drive the terminal: :func:`ue8m0.printable.printable`)."""
+    cells = [[str(h).upper() for h in headers], *[[printable(str(c)) for c in r] for r in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells
@@ -207,7 +208,7 @@ def plan_table(plan: Any) -> str:
         + f"; {len(plan.shards)} shards; {human_bytes(plan.in_bytes)} in -> "
         f"{human_bytes(plan.out_bytes)} out"
     )
-    lines.extend(f"note: {n}" for n in plan.notes)
+    lines.extend(f"note: {printable(n)}" for n in plan.notes)
     return "\n".join(lines)
 
 
@@ -219,7 +220,7 @@ def run_summary_line(summary: dict[str, Any], dst: Any) -> str:
     converted = summary["bytes_converted"]
     rate = f"{human_bytes(converted / seconds)}/s" if seconds > 0 and converted else "nothing to do"
     return (
-        f"{dst}: {done}; {summary['shards_written']} shards written{resumed}; "
+        f"{printable(str(dst))}: {done}; {summary['shards_written']} shards written{resumed}; "
         f"{human_bytes(summary['bytes_in'])} -> {human_bytes(summary['bytes_out'])} in "
         f"{seconds:.1f} s ({rate}), peak RSS {human_bytes(summary['peak_rss_mb'] * 2**20)}"
     )
