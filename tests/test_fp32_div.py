@@ -1,4 +1,4 @@
-"""The ``fp32-div`` scale rule (issue 14 item 7): float32 scales with elements ``x / s`` as
+"""The ``fp32-div`` scale rule: float32 scales with elements ``x / s`` as
 DeepSeek's ``act_quant`` computes them, beside ``fp32``'s ``x * fl32(1/s)`` (DeepGEMM)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Fused groups decide together (issue 14): the weights a serving engine merges into one layer
+"""Fused groups decide together: the weights a serving engine merges into one layer
 are all FP8 or all kept, and a partial scale grid is written only in the last member of a group
 (not in an MoE expert's intermediate dim). Planned from headers: the plan is the evidence."""
 

@@ -1,5 +1,5 @@
 """``verify --engine``: the loader table says which engine loads, refuses or silently misreads a
-checkpoint (issue 14 item 5), for each case of the loaders' rules."""
+checkpoint, for each case of the loaders' rules."""
 
 from __future__ import annotations
 
