@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import functools
 import math
+import struct
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -153,13 +154,16 @@ def _check_fp4_input(arr: np.ndarray, name: str) -> np.ndarray:
 
 
 def _f32(v: float) -> float:
-    """``v`` rounded to float32 (to nearest even), as a Python float."""
-    with np.errstate(over="ignore"):
-        return float(np.float32(v))
+    """``v`` rounded to float32 (C's double -> float cast: to nearest even), a Python float."""
+    try:
+        return float(struct.unpack("<f", struct.pack("<f", v))[0])
+    except OverflowError:  # rounds to +-Inf
+        return math.copysign(math.inf, v)
 
 
 def _f32_fields(v: float) -> tuple[int, int]:
-    bits = int(np.array(v, dtype=np.float32).view(np.uint32))
+    """Exponent and mantissa fields of float32 ``v``."""
+    (bits,) = struct.unpack("<I", struct.pack("<f", v))
     return (bits >> 23) & 0xFF, bits & 0x7FFFFF
 
 
