@@ -9,6 +9,7 @@ import click
 
 from ue8m0.cli._output import echo_json, human_bytes, table
 from ue8m0.cli.params import SOURCE
+from ue8m0.printable import printable
 
 EXAMPLES = """
 \b
@@ -29,7 +30,7 @@ def inspect_cmd(ckpt: Path, as_json: bool) -> None:
     if as_json:
         echo_json(info)
         return
-    click.echo(f"{info['path']}: {info['format']}")
+    click.echo(f"{printable(info['path'])}: {info['format']}")
     click.echo(f"{info['shards']} shards, {info['tensors']} tensors, {human_bytes(info['bytes'])}")
     for title, key in (("dtype", "by_dtype"), ("role", "by_role")):
         rows = [(k, v["tensors"], human_bytes(v["bytes"])) for k, v in info[key].items()]

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ue8m0.cli.params import SOURCE
+from ue8m0.printable import printable
 from ue8m0.recipes import DEFAULT_RECIPES, get_recipe
 
 EXAMPLES = """
@@ -97,6 +98,11 @@ def report(
 
         src = minilm_dir() / "model.safetensors"
     chosen = [get_recipe(r) for r in (recipes or DEFAULT_RECIPES)]
+    if out is not None:  # before any work: never into SRC, never through a symlink
+        from ue8m0.report.outdir import check_report_out
+        from ue8m0.report.plots import PLOTS
+
+        check_report_out(src, out, tuple(PLOTS.values()))
     result = analyze_checkpoint(
         src,
         chosen,
@@ -109,14 +115,15 @@ def report(
     document = report_json(result)
     if out is not None:
         from ue8m0.report.html import write_html
+        from ue8m0.report.outdir import write_text_atomic
         from ue8m0.report.plots import write_plots
 
         plots = write_plots(result, out)
-        (out / "report.json").write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+        write_text_atomic(out / "report.json", json.dumps(document, indent=1) + "\n")
         page = write_html(result, plots, out / "index.html")
     if as_json:
         click.echo(json.dumps(document, indent=1, allow_nan=False))
     else:
         click.echo(terminal_report(result, top))
     if out is not None:
-        click.echo(f"wrote {page} and {len(plots)} plots", err=True)
+        click.echo(f"wrote {printable(str(page))} and {len(plots)} plots", err=True)

@@ -11,6 +11,7 @@ import click
 from ue8m0.checkpoint.engines import ENGINES
 from ue8m0.cli._output import echo_json, output_options, table
 from ue8m0.cli.params import SOURCE
+from ue8m0.printable import printable
 
 EXAMPLES = """
 \b
@@ -70,10 +71,10 @@ def verify(
         click.echo(table(("check", "result", "detail"), rows))
         for c in report.checks:
             for line in c.tensors:
-                click.echo(f"  FAIL {c.name}: {line}")
+                click.echo(f"  FAIL {c.name}: {printable(line)}")
         if loaders:
             click.echo("\n" + table(("engine", "loader", "why"), _engine_rows(loaders)))
-        click.echo(f"{ckpt}: {'all checks passed' if passed else 'FAILED'}")
+        click.echo(f"{printable(str(ckpt))}: {'all checks passed' if passed else 'FAILED'}")
     if not passed:
         sys.exit(1)  # click's Exit is swallowed under standalone_mode=False
 

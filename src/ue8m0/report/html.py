@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from ue8m0.report.analysis import CheckpointReport
+from ue8m0.report.outdir import write_text_atomic
 from ue8m0.report.text import SUMMARY_COLUMNS
 
 _CAPTIONS = {
@@ -93,5 +94,5 @@ def write_html(report: CheckpointReport, plots: dict[str, Path], path: Path) -> 
         parts += ["<h2>Skipped</h2>", "<table>", _row(["tensor", "reason"], "th")]
         parts += [_row([n, r]) for n, r in report.skipped.items()] + ["</table>"]
     parts.append("</body></html>")
-    path.write_text("\n".join(parts) + "\n", encoding="utf-8")
+    write_text_atomic(path, "\n".join(parts) + "\n")  # a link planted meanwhile: replaced
     return path

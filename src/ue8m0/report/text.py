@@ -1,10 +1,14 @@
-"""The report as a terminal table and as a JSON document (strict JSON: non-finite as strings)."""
+"""The report as a terminal table and as a JSON document (strict JSON: non-finite as strings).
+
+Every name and path of the terminal report goes through :func:`ue8m0.printable.printable`: a
+tensor named with a newline or an ESC sequence prints escaped, on its own line."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
+from ue8m0.printable import printable
 from ue8m0.recipes import Recipe
 from ue8m0.report.analysis import HEADROOM_EDGES, CheckpointReport
 
@@ -101,7 +105,7 @@ def worst_table(report: CheckpointReport, top: int) -> list[str]:
     metric = report.rank_by
     names = [r.name for r in report.recipes]
     ranked = report.ranked()[:top]
-    width = max([len("TENSOR"), *(len(t.name) for t in ranked)]) + 2
+    width = max([len("TENSOR"), *(len(printable(t.name)) for t in ranked)]) + 2
     lines = [
         f"worst {len(ranked)} of {len(report.tensors)} tensors by {metric} under {names[0]}:",
         f"{'TENSOR':<{width}}{'SHAPE':<18}" + "".join(f"{n:>12}" for n in names),
@@ -109,14 +113,15 @@ def worst_table(report: CheckpointReport, top: int) -> list[str]:
     for t in ranked:
         shape = "x".join(str(d) for d in t.shape)
         cells = "".join(f"{_fmt(t.recipes[n].errors.result()[metric], '.3g'):>12}" for n in names)
-        lines.append(f"{t.name:<{width}}{shape:<18}{cells}")
+        lines.append(f"{printable(t.name):<{width}}{shape:<18}{cells}")
     return lines
 
 
 def terminal_report(report: CheckpointReport, top: int = 10) -> str:
     """The text ``ue8m0 report`` prints."""
     lines = [
-        f"{report.source}: {len(report.tensors)} tensors measured, {len(report.skipped)} skipped",
+        f"{printable(str(report.source))}: {len(report.tensors)} tensors measured, "
+        f"{len(report.skipped)} skipped",
         "",
         *summary_table(report),
     ]
@@ -126,5 +131,5 @@ def terminal_report(report: CheckpointReport, top: int = 10) -> str:
     for reason in report.skipped.values():
         reasons[reason] = reasons.get(reason, 0) + 1
     if reasons:
-        lines += ["", "skipped:"] + [f"  {n} x {r}" for r, n in sorted(reasons.items())]
+        lines += ["", "skipped:"] + [f"  {n} x {printable(r)}" for r, n in sorted(reasons.items())]
     return "\n".join(lines)
