@@ -14,6 +14,11 @@ import pytest
 from ckpt_fixtures import run_cli, synthetic_tensors, write_checkpoint
 
 E4M3 = ml_dtypes.float8_e4m3fn
+#: the config of a DeepSeek-layout FP8 Llama, for checkpoints written by hand
+FP8_CONFIG = {
+    "model_type": "llama",
+    "quantization_config": {"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [128, 128]},
+}
 
 
 def _verify(ckpt: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, Any]:
@@ -99,15 +104,7 @@ def test_a_split_fused_group_is_refused_by_vllm_sglang_and_deepseek(
         p + "k_proj.weight": rng.standard_normal((64, 256)).astype(ml_dtypes.bfloat16),
         p + "v_proj.weight": rng.standard_normal((64, 256)).astype(ml_dtypes.bfloat16),
     }
-    config = {
-        "model_type": "llama",
-        "quantization_config": {
-            "quant_method": "fp8",
-            "fmt": "e4m3",
-            "weight_block_size": [128, 128],
-        },
-    }
-    ckpt = write_checkpoint(tmp_path / "split", {"model.safetensors": tensors}, config)
+    ckpt = write_checkpoint(tmp_path / "split", {"model.safetensors": tensors}, FP8_CONFIG)
     code, result = _verify(ckpt, capsys, "--engine", "vllm")
     assert code == 1
     verdicts = _verdicts(result)
@@ -134,15 +131,7 @@ def test_scale_values_that_look_like_exponent_bytes_are_flagged(
         "x.weight": _fp8(rng, 256, 256),
         "x.weight_scale_inv": np.array([[120.0, 121.0], [119.0, 120.0]], np.float32),
     }
-    config = {
-        "model_type": "llama",
-        "quantization_config": {
-            "quant_method": "fp8",
-            "fmt": "e4m3",
-            "weight_block_size": [128, 128],
-        },
-    }
-    ckpt = write_checkpoint(tmp_path / "bytes", {"model.safetensors": tensors}, config)
+    ckpt = write_checkpoint(tmp_path / "bytes", {"model.safetensors": tensors}, FP8_CONFIG)
     verdicts = _verdicts(_verify(ckpt, capsys)[1])
     assert set(verdicts.values()) == {"misreads"}
 
