@@ -14,12 +14,14 @@ import numpy as np
 
 from ue8m0.api import QuantizedTensor, dequantize
 from ue8m0.checkpoint.fp8source import Fp8Reader
+from ue8m0.checkpoint.jsonio import load_json
 from ue8m0.checkpoint.pairs import Fp8Weight, pair_fp8_weights, read_scale
 from ue8m0.checkpoint.registry import FMT_OF_TAG, element_fmt, is_scale_name, module_of
 from ue8m0.checkpoint.safetensors import DTYPES, FLOAT_TAGS, FP8_TAGS
 from ue8m0.checkpoint.scales import is_power_of_two
 from ue8m0.checkpoint.slabs import COPY_BYTES, copy_pieces, slabs
-from ue8m0.checkpoint.source import Checkpoint, open_checkpoint
+from ue8m0.checkpoint.source import MANIFEST_NAME, Checkpoint, open_checkpoint
+from ue8m0.checkpoint.writer import file_checksum
 from ue8m0.errors import CheckpointError
 from ue8m0.formats import decode_table
 from ue8m0.reference import expand_scale
@@ -77,16 +79,58 @@ def verify_checkpoint(path: str | Path, against: str | Path | None = None) -> Re
     structure.detail = f"{len(ckpt.shards)} shards, {len(ckpt.tensors)} tensors, {total} bytes"
     if ckpt.index is not None:
         declared = (ckpt.index.get("metadata") or {}).get("total_size")
-        if declared is not None and int(declared) != total:
+        if declared is not None and declared != total:
             structure.fail("metadata.total_size", f"{declared} != {total} (sum of tensors)")
     pairs, checks = _scale_checks(ckpt)
     checks.insert(0, structure)
+    manifest = _manifest_check(ckpt)
+    if manifest is not None:
+        checks.insert(1, manifest)
     checks.append(_config_check(ckpt, pairs))
     checks.append(_pow2_check(ckpt, pairs))
     checks.append(_finite_check(ckpt, pairs))
     if against is not None:
         checks.extend(_against_checks(ckpt, pairs, open_checkpoint(against)))
     return Report(str(path), checks)
+
+
+def _manifest_check(ckpt: Checkpoint) -> Check | None:
+    """With a ue8m0 manifest in the checkpoint, every shard it records must still have the size
+    and CRC-32 it was written with (a flipped byte fails here even when the header still
+    parses); None without a manifest."""
+    path = ckpt.root / MANIFEST_NAME
+    if not path.exists() and not path.is_symlink():
+        return None
+    check = Check("shards match the CRC-32s of the manifest")
+    try:
+        data = load_json(path, "the manifest")
+    except CheckpointError as exc:
+        check.fail(MANIFEST_NAME, exc.reason)
+        return check
+    shards = data.get("shards") if isinstance(data, dict) else None
+    if not isinstance(shards, dict):
+        check.fail(MANIFEST_NAME, "not a ue8m0 manifest (no 'shards' object)")
+        return check
+    for shard, record in shards.items():
+        if not isinstance(record, dict):
+            check.fail(shard, "malformed manifest record")
+        elif shard not in ckpt.shards:
+            if ckpt.index is not None:  # (a single file checked on its own: the others aside)
+                check.fail(shard, "recorded in the manifest but not a shard of the checkpoint")
+        elif ckpt.path(shard).stat().st_size != record.get("size"):
+            check.fail(
+                shard,
+                f"{ckpt.path(shard).stat().st_size} bytes, manifest says {record.get('size')}",
+            )
+        elif (crc := file_checksum(ckpt.path(shard))) != record.get("crc32"):
+            check.fail(
+                shard, f"CRC-32 {crc}, manifest says {record.get('crc32')}: the bytes changed"
+            )
+    missing = [s for s in ckpt.shards if s not in shards and ckpt.index is not None]
+    for shard in missing:
+        check.fail(shard, "not recorded in the manifest")
+    check.detail = f"{len(shards)} shards recorded"
+    return check
 
 
 def _scale_checks(ckpt: Checkpoint) -> tuple[list[Fp8Weight], list[Check]]:

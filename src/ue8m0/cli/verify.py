@@ -21,7 +21,9 @@ Examples:
   ue8m0 verify ./DeepSeek-V3.1 --json
 
 \b
-Checks: index <-> shards complete and consistent (total_size too); every FP8 weight has a
+Checks: index <-> shards complete and consistent (total_size too; a shard with trailing bytes
+after its data fails here); with a ue8m0 manifest in CKPT, every shard's size and CRC-32 as it
+was written (a flipped byte fails); every FP8 weight has a
 scale of the right shape and dtype; no orphan scales; config.json <-> tensors; scale_fmt ue8m0
 => every scale an exact power of two (lists the tensors where not); no NaN/Inf; with
 --against, every dequantized element within half an FP8 ulp (times its block scale) of the
