@@ -125,6 +125,26 @@ def requantize_step(ctx: StepContext, task: Task) -> dict[str, Any]:
     return row
 
 
+def _quantize_named(
+    ctx: StepContext,
+    task: Task,
+    x: np.ndarray,
+    block: tuple[int, int],
+    el: Any,
+    eps: float,
+    r0: int,
+) -> QuantizedTensor:
+    """``quantize`` of a relayout slab; a NaN/Inf value is one line naming the tensor and its
+    block in the whole tensor (not the library's advice about a Python argument)."""
+    try:
+        return quantize(x, block, el, "rceil", eps, threads=ctx.threads)
+    except NonFiniteError as exc:
+        where = (r0 // block[0] + exc.block[-2], exc.block[-1])
+        raise CheckpointError(
+            ctx.src.path, f"non-finite value {exc.value} in block {where}", task.name
+        ) from None
+
+
 def relayout_step(ctx: StepContext, task: Task) -> dict[str, Any]:
     """Lossless relayout to the layout's fixed groups of a weight with power-of-two scales
     (checked value by value)."""
@@ -148,11 +168,11 @@ def relayout_step(ctx: StepContext, task: Task) -> dict[str, Any]:
             ctx.out.write(task.name, raw)
             codes[lead, r0:r1] = mx_relayout(sc, raw.shape, block=w.block, group=out_block[1])
         else:
-            q = quantize(x, out_block, el, "rceil", opts.eps, threads=ctx.threads)
+            q = _quantize_named(ctx, task, x, out_block, el, opts.eps, r0)
             if not _same_values(q, x, ctx.threads):
                 # a tiny group's eps-raised scale would round it: the exact scale instead
                 eps_fallbacks += 1
-                q = quantize(x, out_block, el, "rceil", 0.0, threads=ctx.threads)
+                q = _quantize_named(ctx, task, x, out_block, el, 0.0, r0)
                 if not _same_values(q, x, ctx.threads):
                     raise CheckpointError(
                         ctx.src.path, f"relayout of rows {r0}:{r1} would not be lossless", task.name
