@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 import ue8m0
 from ue8m0 import deepseek_v4 as v4
 from ue8m0.errors import InputError, InputTypeError, NonFiniteError
-from ue8m0.formats import decode_table
+from ue8m0.formats import FLOAT8_E4M3FN, decode_table
 from ue8m0.fp4 import (
     E2M1_VALUES,
     dequantize_fp4,
@@ -322,3 +322,183 @@ def test_quantize_shapes(
     shape = (*lead, rows, 32 * groups)
     x = rng.standard_normal(shape) * np.exp2(rng.integers(-20, 12, shape))
     assert_same_quantize(x.astype(np.float32).astype(dtype))
+
+
+# ----------------------------------------------------------------------------- the FP4 -> FP8 cast
+
+
+def independent_lossy(codes: np.ndarray, s: np.ndarray) -> list[tuple[int, int]]:
+    """Lossy tiles counted another way: each element's ``magnitude * 2**d`` through ml_dtypes'
+    e4m3 cast, plus DeepSeek's tile byte that cannot hold ``2**(bmax - 133)`` below byte 6."""
+    mag = np.array(MAGS)[codes & 7]
+    bg = np.repeat(s.astype(np.int64), 32, axis=1)
+    found = []
+    for ti in range(-(-codes.shape[0] // 128)):
+        for tj in range(-(-codes.shape[1] // 128)):
+            m = mag[ti * 128 : (ti + 1) * 128, tj * 128 : (tj + 1) * 128]
+            g = bg[ti * 128 : (ti + 1) * 128, tj * 128 : (tj + 1) * 128]
+            y = m * np.exp2(g - g.max() + 6.0)
+            exact = y.astype(ml_dtypes.float8_e4m3fn).astype(np.float64) == y
+            if (m > 0).any() and (g.max() < 6 or not exact.all()):
+                found.append((ti, tj))
+    return found
+
+
+def spread_tiles(spreads: range, low_codes: np.ndarray, top: int = 140) -> tuple[np.ndarray, ...]:
+    """One 128x128 tile per spread, side by side: group 0 of row 0 has byte ``top`` and code 7
+    (6.0); every other group has byte ``top - spread`` and codes drawn from ``low_codes``."""
+    rng = np.random.default_rng(len(spreads) + int(low_codes.sum()))
+    n = len(spreads)
+    codes = rng.choice(low_codes, (128, 128 * n)).astype(np.uint8)
+    s = np.zeros((128, 4 * n), np.uint8)
+    for k, spread in enumerate(spreads):
+        s[:, 4 * k : 4 * k + 4] = top - spread
+        s[0, 4 * k] = top
+        codes[0, 128 * k : 128 * k + 32] = 7
+    return codes, s
+
+
+def test_cast_random_codes_and_scales() -> None:
+    rng = np.random.default_rng(7)
+    for lo, hi in [(100, 140), (0, 255), (0, 8), (240, 255), (120, 128)]:
+        for shape in [(256, 256), (200, 352), (128, 32)]:
+            p = rng.integers(0, 256, (shape[0], shape[1] // 2), dtype=np.uint8)
+            s = rng.integers(lo, hi, (shape[0], shape[1] // 32), dtype=np.uint8)
+            got = both_casts(p.view(np.int8), s.view(ml_dtypes.float8_e8m0fnu))
+            assert got.codes.shape == shape and got.codes.dtype == np.uint8
+            assert got.scale_bytes.shape == (-(-shape[0] // 128), -(-shape[1] // 128))
+            found = [tuple(ij) for ij in got.lossy.indices.tolist()]
+            assert found == independent_lossy(unpack_fp4(p), s)
+
+
+def test_cast_spreads_up_to_14_binades_are_exact() -> None:
+    codes, s = spread_tiles(range(15), np.arange(16))
+    got = both_casts(pack_fp4(codes), s)
+    assert got.lossy.count == 0 and not got.lossy.max_abs_error.any()
+    assert (got.scale_bytes == 140 - 6).all()
+    decoded = decode_table(FLOAT8_E4M3FN)[got.codes].astype(np.float64) * 2.0 ** (134 - 127)
+    np.testing.assert_array_equal(decoded, dequantize_fp4(pack_fp4(codes), s).astype(np.float64))
+
+
+def test_cast_spreads_of_15_to_40_binades_are_lossy_and_counted() -> None:
+    spreads = range(15, 41)
+    codes, s = spread_tiles(spreads, np.arange(16))  # 0.5 in every low group: never exact
+    got = both_casts(pack_fp4(codes), s)
+    assert got.lossy.count == 26
+    assert [tuple(i) for i in got.lossy.indices.tolist()] == independent_lossy(codes, s)
+    # only magnitude 4 below the top: 4 * 2**(6 - spread) is an e4m3 value down to 2**-9
+    codes, s = spread_tiles(spreads, np.array([0, 6, 8, 14]))
+    got = both_casts(pack_fp4(codes), s)
+    lossy = [int(j) for _, j in got.lossy.indices]
+    assert lossy == [k for k, spread in enumerate(spreads) if spread >= 18]
+    assert [tuple(i) for i in got.lossy.indices.tolist()] == independent_lossy(codes, s)
+    for k, spread in enumerate(spreads):  # from 18 binades on, every 4 flushes to zero
+        want = 4.0 * 2.0 ** (140 - spread - 127) if spread >= 18 else 0.0
+        assert got.lossy.max_abs_error[0, k] == want
+
+
+def test_cast_code_8_and_flushed_negatives() -> None:
+    """DeepSeek reads code 8 as +0.0 (e4m3 0x00); a negative that flushes keeps its sign."""
+    codes = np.zeros((128, 128), np.uint8)
+    codes[0, :4] = [7, 8, 15, 1]  # group 0, byte 140: 384, +0, -384, 32
+    codes[1, 32:36] = [8, 9, 1, 15]  # group 1, byte 110: 2**-11 and smaller flush
+    s = np.full((128, 4), 110, np.uint8)
+    s[0, 0] = 140
+    s[1, 1] = 110
+    got = both_casts(pack_fp4(codes), s)
+    assert got.scale_bytes.tolist() == [[134]]
+    assert got.codes[0, :4].tolist() == [0x7C, 0x00, 0xFC, 0x60]
+    assert got.codes[1, 32:36].tolist() == [0x00, 0x80, 0x00, 0x80]
+    assert got.lossy.count == 1
+    assert got.lossy.max_abs_error[0, 0] == 6.0 * 2.0 ** (110 - 127)
+
+
+def test_cast_zero_groups_low_bytes_and_outliers() -> None:
+    zeros = np.zeros((128, 256), np.uint8)
+    s = np.full((128, 8), 3, np.uint8)
+    s[:, 4:] = 120
+    s[7, 5] = 254  # an outlier group: its tile's byte is 248, everything else in it flushes
+    zeros[3, 100] = 8  # -0 is still zero
+    got = both_casts(pack_fp4(zeros), s)
+    assert got.scale_bytes.tolist() == [[0, 248]] and got.lossy.count == 0
+    codes = zeros.copy()
+    codes[0, 0] = 1  # a nonzero in a tile whose group bytes are all < 6
+    codes[0, 200] = 3  # a 1.5 at byte 120, 134 binades under the outlier
+    got = both_casts(pack_fp4(codes), s)
+    assert [tuple(i) for i in got.lossy.indices.tolist()] == [(0, 0), (0, 1)]
+    assert [tuple(i) for i in got.lossy.indices.tolist()] == independent_lossy(codes, s)
+    # DeepSeek stores 2**-127 for a tile it computed at 2**(3 - 133): 0.5 * 2**-124 -> 32 * 2**-127
+    assert got.codes[0, 0] == 0x60
+    assert got.lossy.max_abs_error[0, 0] == 32.0 * 2.0**-127 - 0.5 * 2.0**-124
+    assert got.lossy.max_abs_error[0, 1] == 1.5 * 2.0 ** (120 - 127)
+
+
+def test_cast_nan_scale() -> None:
+    rng = np.random.default_rng(9)
+    p = rng.integers(0, 256, (256, 128), dtype=np.uint8)
+    s = rng.integers(100, 140, (256, 8), dtype=np.uint8)
+    s[130, 5] = 255
+    for fn in (v4.cast_fp4_to_fp8_v4, v4.cast_fp4_to_fp8_v4_oracle):
+        with pytest.raises(InputError, match=r"0xFF \(NaN\) at row 130, group 5 \(tile 1, 1\)"):
+            fn(p, s, name="layers.2.ffn.experts.0.w2.weight")
+    got = both_casts(p, s, nonfinite="propagate")
+    assert got.scale_bytes[1, 1] == 255 and (got.codes[128:, 128:] == 0x7F).all()
+    assert np.isnan(got.lossy.max_abs_error[1, 1]) and (1, 1) not in got.lossy.indices.tolist()
+    clean = v4.cast_fp4_to_fp8_v4(p[:128], s[:128])
+    np.testing.assert_array_equal(got.codes[:128], clean.codes)
+
+
+def test_cast_bytes_equal_ue8m0s_own_e4m3_encoding() -> None:
+    """Where each tile's top group holds a +-4 or +-6, ue8m0.quantize of the dequantized weight
+    (rceil, 128x128) picks the same tile byte and, up to code 8's sign, the same codes; and
+    ml_dtypes' e4m3 cast of DeepSeek's float32 products gives the same codes everywhere."""
+    rng = np.random.default_rng(13)
+    codes = rng.integers(0, 16, (256, 384), dtype=np.uint8)
+    s = rng.integers(20, 120, (256, 12), dtype=np.uint8)
+    tile_max = s.reshape(2, 128, 3, 4).max(axis=(1, 3))
+    for ti in range(2):
+        for tj in range(3):
+            r, g = np.argwhere(
+                s[ti * 128 : (ti + 1) * 128, tj * 4 : tj * 4 + 4] == tile_max[ti, tj]
+            )[0]
+            codes[ti * 128 + r, (tj * 4 + g) * 32] = rng.choice([6, 7, 14, 15])
+    p = pack_fp4(codes)
+    got = both_casts(p, s)
+    assert got.lossy.count > 0  # spreads up to 100 binades: some tiles round
+    q = ue8m0.quantize(dequantize_fp4(p, s), block=(128, 128), fmt="e4m3", eps=0.0)
+    np.testing.assert_array_equal(q.scale_codes, got.scale_bytes)
+    np.testing.assert_array_equal(np.where(codes == 8, 0x00, q.codes), got.codes)
+    table = np.array([*MAGS, 0.0, *(-m for m in MAGS[1:])], np.float32)
+    d = (
+        np.repeat(s.astype(np.int64), 32, axis=1)
+        - np.repeat(np.repeat(tile_max, 128, axis=0), 128, axis=1)
+        + 6
+    )
+    products = table[codes] * np.exp2(d).astype(np.float32)
+    np.testing.assert_array_equal(
+        products.astype(ml_dtypes.float8_e4m3fn).view(np.uint8), got.codes
+    )
+
+
+def test_cast_shape_errors() -> None:
+    with pytest.raises(InputError, match=r"one \[out, in/2\] matrix"):
+        v4.cast_fp4_to_fp8_v4(np.zeros((2, 128, 64), np.int8), np.zeros((2, 128, 4), np.uint8))
+    with pytest.raises(InputError, match=r"expected \(128, 4\)"):
+        v4.cast_fp4_to_fp8_v4(np.zeros((128, 64), np.int8), np.zeros((128, 2), np.uint8))
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    rows=st.integers(1, 260),
+    groups=st.integers(1, 10),
+    top=st.integers(0, 254),
+    spread=st.integers(0, 60),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_cast_shapes_and_spreads(rows: int, groups: int, top: int, spread: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    p = rng.integers(0, 256, (rows, 16 * groups), dtype=np.uint8)
+    s = rng.integers(max(top - spread, 0), top + 1, (rows, groups), dtype=np.uint8)
+    got = both_casts(p, s)
+    found = [tuple(ij) for ij in got.lossy.indices.tolist()]
+    assert found == independent_lossy(unpack_fp4(p), s)
