@@ -15,7 +15,8 @@ Every element's term is the reference's own (``float64(y) - float64(x)`` and its
 same numbers); only the order of the additions differs, so the sums agree with the reference
 path (:meth:`ue8m0.report.analysis.RecipeStats.update`) to a few float64 ulps per addition
 (``tests/test_report_fast.py`` holds them to 1e-12 relative), and counts, ``max |e|``, block
-``max |x|``, headroom and scale exponents are equal exactly.
+``max |x|``, headroom and scale exponents are equal exactly, save for the MSE recipes' near-ties
+(:mod:`ue8m0.report.mse_search`).
 """
 
 from __future__ import annotations

@@ -8,9 +8,12 @@ errors against ``x`` is smaller than ``hi``'s (ties keep ``hi``).
 
 The squared error of each element is the oracle's (``decode(code) · 2**(byte - 127) - x`` in
 float64); the block's sum adds them in row order where the oracle's ``einsum`` may not. The
-choice can therefore differ from the oracle's only in a block whose two sums agree to within
-float64 rounding of the sum (a relative 1e-12 or so), where both choices err the same:
-``tests/test_report_fast.py`` compares codes and scale bytes with the oracle's exactly.
+choice can therefore differ from the oracle's only in a near-tie: a block whose two exact sums
+agree to float64 rounding (1e-12 relative), where the oracle's rounded sums may tie (it keeps
+``hi``) and these do not, or the other way round; both choices then err the same.
+``tests/test_report_fast.py`` compares codes and scale bytes with the oracle's exactly in every
+other block, and checks the near-ties with exact (``math.fsum``) sums. Such ties occur in
+constructed data (equal errors by symmetry), not in the tensors of the report's tests.
 """
 
 from __future__ import annotations
