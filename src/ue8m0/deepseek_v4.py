@@ -72,7 +72,7 @@ import numpy as np
 
 from ue8m0.errors import InputError, NonFiniteError
 from ue8m0.formats import FLOAT4_E2M1FN, FLOAT8_E4M3FN, UE8M0, decode_table
-from ue8m0.fp4 import E2M1_MAGNITUDES, GROUP, check_fp4_pair, pack_fp4, unpack_fp4
+from ue8m0.fp4 import E2M1_MAGNITUDES, GROUP, check_fp4_pair, pack_fp4
 from ue8m0.policies import NonFinite
 
 #: FP8 tile edge of the cast (DeepSeek's ``fp8_block_size``)
@@ -255,21 +255,6 @@ def _byte_table() -> np.ndarray:
     return np.ascontiguousarray(table.astype("<u2"))
 
 
-def _tile_max(s: np.ndarray, tiles: tuple[int, int]) -> np.ndarray:
-    """Largest group byte of each tile (a tile covers 128 rows x 4 groups), uint8."""
-    tr, tc = tiles
-    per = TILE // GROUP
-    padded = np.zeros((tr * TILE, tc * per), dtype=np.uint8)  # byte 0 never wins a max
-    padded[: s.shape[0], : s.shape[1]] = s
-    return padded.reshape(tr, TILE, tc, per).max(axis=(1, 3))
-
-
-def _tile_byte(bmax: np.ndarray) -> np.ndarray:
-    """torch's e8m0 byte of float32 ``2**(bmax - 127) / 64``: ``bmax - 6``, 0 when subnormal."""
-    b = bmax.astype(np.int16)
-    return np.where(b == UE8M0.nan_code, b, np.maximum(b - MAX_OFFSET_BITS, 0)).astype(np.uint8)
-
-
 def cast_fp4_to_fp8_v4(
     packed: Any,
     scale: Any,
@@ -283,60 +268,34 @@ def cast_fp4_to_fp8_v4(
     Returns :class:`Fp8Cast` ``(codes uint8 [out, in], tile scale bytes uint8
     [ceil(out/128), ceil(in/128)], LossyTiles)``. ``nonfinite``: what a 0xFF scale does (raise
     :class:`~ue8m0.errors.InputError`, or ``"propagate"``: a NaN tile as DeepSeek writes it).
+    A compiled kernel, one tile per task; the loss check costs nothing on tiles whose group
+    bytes span at most 14 binades (they are exact), such as every tile of the releases.
     """
+    from ue8m0.kernels._fp4 import cast_fp4_to_fp8_kernel
+
     policy = NonFinite.parse(nonfinite)
     p, s = _cast_pair(packed, scale, name)
+    if policy is NonFinite.RAISE and (s == UE8M0.nan_code).any():
+        raise _nan_tile_error(name, s)
     out, n_in = p.shape[0], 2 * p.shape[1]
     tiles = _tile_grid(out, n_in)
-    bmax = _tile_max(s, tiles)
-    nan_tiles = bmax == UE8M0.nan_code
-    if nan_tiles.any() and policy is NonFinite.RAISE:
-        raise _nan_tile_error(name, s)
-    # the offset exponent d of each group, clipped to the table's range
-    bmax_g = np.repeat(np.repeat(bmax, TILE, axis=0)[:out], TILE // GROUP, axis=1)[:, : s.shape[1]]
-    d = s.astype(np.int16) - bmax_g.astype(np.int16) + MAX_OFFSET_BITS
-    row = (np.maximum(d, D_LOW) - D_LOW).astype(np.intp) * 256
-    index = row[:, :, None] + p.reshape(out, -1, GROUP // 2)
-    codes = _byte_table().reshape(-1)[index].reshape(out, -1).view(np.uint8)
-    tile_bytes = _tile_byte(bmax)
-    errors = np.zeros(tiles, dtype=np.float64)
-    if nan_tiles.any():
-        for ti, tj in np.argwhere(nan_tiles):
-            codes[ti * TILE : (ti + 1) * TILE, tj * TILE : (tj + 1) * TILE] = E4M3_NAN
-        errors[nan_tiles] = np.nan
-    # tiles that can change: a group more than 14 binades below the tile's top, or a tile
-    # byte that could not hold 2**(bmax - 133); every other tile is exact
-    spread = bmax - _tile_min(s, tiles)
-    suspects = ((spread > MAX_OFFSET_BITS - EXACT_MIN_D) | (bmax < MAX_OFFSET_BITS)) & ~nan_tiles
-    for ti, tj in np.argwhere(suspects):
-        errors[ti, tj] = _tile_error(p, s, codes, tile_bytes[ti, tj], int(ti), int(tj))
-    return Fp8Cast(codes, tile_bytes, LossyTiles.from_errors(errors))
-
-
-def _tile_min(s: np.ndarray, tiles: tuple[int, int]) -> np.ndarray:
-    """Smallest group byte of each tile (padding cannot win: it is 0xFF)."""
-    tr, tc = tiles
-    per = TILE // GROUP
-    padded = np.full((tr * TILE, tc * per), UE8M0.nan_code, dtype=np.uint8)
-    padded[: s.shape[0], : s.shape[1]] = s
-    return padded.reshape(tr, TILE, tc, per).min(axis=(1, 3))
-
-
-def _tile_error(
-    p: np.ndarray, s: np.ndarray, codes: np.ndarray, tile_byte: int, ti: int, tj: int
-) -> float:
-    """Largest ``|e4m3 * S - fp4 * s_group|`` of one tile, exact in float64."""
-    rows = slice(ti * TILE, (ti + 1) * TILE)
-    fp4 = unpack_fp4(p[rows, tj * TILE // 2 : (tj + 1) * TILE // 2]).astype(np.intp)
-    group = s[rows, tj * TILE // GROUP : (tj + 1) * TILE // GROUP].astype(np.int64) - 127
-    original = np.abs(np.array(E2M1_MAGNITUDES))[fp4 & 7] * np.ldexp(
-        1.0, np.repeat(group, GROUP, axis=1)
+    codes = np.empty((out, n_in), dtype=np.uint8)
+    tile_bytes = np.empty(tiles, dtype=np.uint8)
+    errors = np.empty(tiles, dtype=np.float64)
+    cast_fp4_to_fp8_kernel(
+        np.ascontiguousarray(p),
+        np.ascontiguousarray(s),
+        _byte_table(),
+        D_LOW,
+        decode_table(FLOAT8_E4M3FN).astype(np.float64),
+        np.array(DEEPSEEK_FP4_TABLE, dtype=np.float64),
+        MAX_OFFSET_BITS - EXACT_MIN_D,
+        MAX_OFFSET_BITS,
+        codes.view(np.uint16),
+        tile_bytes,
+        errors,
     )
-    original = np.where(fp4 & 8, -original, original)
-    decoded = decode_table(FLOAT8_E4M3FN).astype(np.float64)[
-        codes[rows, tj * TILE : (tj + 1) * TILE]
-    ] * math.ldexp(1.0, int(tile_byte) - 127)
-    return float(np.max(np.abs(decoded - original)))
+    return Fp8Cast(codes, tile_bytes, LossyTiles.from_errors(errors))
 
 
 def e4m3_nearest(y: float) -> int:

@@ -25,7 +25,7 @@ import ml_dtypes
 import numpy as np
 
 from ue8m0.errors import FormatNameError, InputError, InputTypeError
-from ue8m0.formats import FLOAT4_E2M1FN, UE8M0
+from ue8m0.formats import UE8M0
 from ue8m0.policies import NonFinite
 
 #: inputs per UE8M0 scale along a row
@@ -138,25 +138,23 @@ def dequantize_fp4(
     :class:`~ue8m0.errors.InputError` (``"raise"``) or makes its 32 outputs NaN
     (``"propagate"``). ``name`` prefixes error messages (a tensor name).
     """
-    from ue8m0.api import QuantizedTensor, dequantize
-    from ue8m0.policies import ScaleRule
-    from ue8m0.reference import decode_scale_bytes
+    from ue8m0.kernels._fp4 import dequantize_fp4_kernel
 
     out_dtype = _out_dtype(dtype)
     policy = NonFinite.parse(nonfinite)
     p, s = check_fp4_pair(packed, scale, name)
     if policy is NonFinite.RAISE and (s == UE8M0.nan_code).any():
         _raise_nan_scale(s, name)
-    codes = unpack_fp4(p)
-    q = QuantizedTensor(
-        codes.view(FLOAT4_E2M1FN.dtype),
-        decode_scale_bytes(s),
-        s,
-        FLOAT4_E2M1FN,
-        (1, GROUP),
-        ScaleRule.RCEIL,
+    bf16 = out_dtype == np.dtype(ml_dtypes.bfloat16)
+    out = np.empty((*p.shape[:-1], 2 * p.shape[-1]), dtype=np.uint16 if bf16 else np.float32)
+    dequantize_fp4_kernel(
+        np.ascontiguousarray(p).reshape(-1, p.shape[-1]),
+        np.ascontiguousarray(s).reshape(-1, s.shape[-1]),
+        E2M1_VALUES,
+        out.reshape(-1, out.shape[-1]),
+        bf16,
     )
-    return dequantize(q, out_dtype)
+    return out.view(out_dtype)
 
 
 def dequantize_fp4_oracle(
