@@ -79,7 +79,7 @@ def cast_fp4_to_fp8_kernel(
         bmin = np.full(tc, 255, dtype=np.int64)
         for r in range(r0, r1):
             for g in range(ngroups):
-                b = np.int64(s[r, g])
+                b = int(s[r, g])
                 bmax[g // per] = max(bmax[g // per], b)
                 bmin[g // per] = min(bmin[g // per], b)
         check = np.zeros(tc, dtype=np.bool_)
@@ -93,7 +93,7 @@ def cast_fp4_to_fp8_kernel(
         for r in range(r0, r1):
             for g in range(ngroups):
                 tj = g // per
-                b = np.int64(s[r, g])
+                b = int(s[r, g])
                 if bmax[tj] == 255:  # DeepSeek's CPU cast of a NaN tile
                     for i in range(g * (GROUP // 2), (g + 1) * (GROUP // 2)):
                         codes[r, i] = np.uint16(0x7F7F)
