@@ -80,6 +80,7 @@ class HashingFile(SafetensorsFile):
                 continue  # read twice: counted once
             if offset > cursor:
                 crc = self._extend(crc, fd, cursor, offset)
+                cursor = offset
             if offset == cursor:
                 crc = crc32_combine(crc, piece_crc, length)
             else:  # a partial overlap: read the part not yet counted

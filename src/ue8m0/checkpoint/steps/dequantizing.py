@@ -25,7 +25,7 @@ def dequantize_step(ctx: StepContext, task: Task) -> None:
     w = task_weight(ctx, task)
     info = ctx.src.info(task.name)
     scale = load_scale(ctx.src_root, w, ctx.scale_file(w))
-    _refuse_nonfinite(ctx, task, scale, w.scale_dtype)
+    _refuse_nonfinite(ctx, task, scale, ctx.scale_file(w).info(w.scale).dtype)
     out_dtype = ml_dtypes.bfloat16 if opts.dtype == "bf16" else np.float32
     if w.packed:
         _dequantize_fp4(ctx, task, scale, out_dtype)
