@@ -8,8 +8,10 @@ what the commands open (its ``x -> ../../blobs/<hash>`` links are allowed by the
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
+from types import ModuleType
 
 from ue8m0.errors import CheckpointError
 from ue8m0.extras import require
@@ -29,7 +31,9 @@ def resolve_source(text: str | Path) -> Path:
     hub = require("huggingface_hub", "hub")
     repo, rev = found.group("repo"), found.group("rev")
     try:
-        snapshot = hub.snapshot_download(repo, revision=rev, local_files_only=True)
+        snapshot = hub.snapshot_download(
+            repo, revision=rev, local_files_only=True, cache_dir=_cache_dir(hub)
+        )
     except Exception as exc:  # the library raises several kinds for "not in the cache"
         raise CheckpointError(
             text,
@@ -37,3 +41,12 @@ def resolve_source(text: str | Path) -> Path:
             f"downloads nothing: fetch it first (hf download {repo})",
         ) from None
     return Path(snapshot)
+
+
+def _cache_dir(hub: ModuleType) -> str:
+    """The cache the environment names now (``huggingface_hub`` reads it once, at import)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.environ["HF_HOME"], "hub")
+    return str(hub.constants.HF_HUB_CACHE)
