@@ -17,6 +17,7 @@ from ue8m0.checkpoint.slabs import slabs
 from ue8m0.checkpoint.steps.context import StepContext, task_weight
 from ue8m0.errors import CheckpointError
 from ue8m0.formats import FLOAT4_E2M1FN
+from ue8m0.fp4 import unpack_fp4
 
 
 def dequantize_step(ctx: StepContext, task: Task) -> None:
@@ -47,7 +48,7 @@ def _dequantize_fp4(ctx: StepContext, task: Task, scale: np.ndarray, out_dtype: 
     per-32 scales, in float32 (exact), rounded once to the output dtype."""
     info = ctx.src.info(task.name)
     for lead, r0, r1 in slabs(info.shape, info.itemsize * 2, 1):
-        codes = _unpack_nibbles(ctx.src.read_rows(task.name, lead, r0, r1))
+        codes = unpack_fp4(ctx.src.read_rows(task.name, lead, r0, r1))
         q = QuantizedTensor.from_stored(
             codes.view(FLOAT4_E2M1FN.dtype), scale[lead, r0:r1], FLOAT4_E2M1FN, MX_BLOCK
         )
@@ -67,12 +68,3 @@ def _refuse_nonfinite(ctx: StepContext, task: Task, scale: np.ndarray, tag: str)
         if where[0] == 0 and scale.shape[0] == 1:
             where = where[1:]
         raise CheckpointError(ctx.src.path, f"scale {task.scale} is {what} at {where}", task.name)
-
-
-def _unpack_nibbles(packed: np.ndarray) -> np.ndarray:
-    """E2M1 codes of packed bytes: element 2i is the low nibble of byte i, 2i+1 the high."""
-    b = packed.view(np.uint8)
-    out = np.empty((*b.shape[:-1], 2 * b.shape[-1]), np.uint8)
-    out[..., 0::2] = b & 0xF
-    out[..., 1::2] = b >> 4
-    return out
