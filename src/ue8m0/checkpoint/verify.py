@@ -83,9 +83,7 @@ def verify_checkpoint(path: str | Path, against: str | Path | None = None) -> Re
             structure.fail("metadata.total_size", f"{declared} != {total} (sum of tensors)")
     pairs, checks = _scale_checks(ckpt)
     checks.insert(0, structure)
-    manifest = _manifest_check(ckpt)
-    if manifest is not None:
-        checks.insert(1, manifest)
+    _manifest_check(ckpt, structure)
     checks.append(_config_check(ckpt, pairs))
     checks.append(_pow2_check(ckpt, pairs))
     checks.append(_finite_check(ckpt, pairs))
@@ -94,23 +92,22 @@ def verify_checkpoint(path: str | Path, against: str | Path | None = None) -> Re
     return Report(str(path), checks)
 
 
-def _manifest_check(ckpt: Checkpoint) -> Check | None:
+def _manifest_check(ckpt: Checkpoint, check: Check) -> None:
     """With a ue8m0 manifest in the checkpoint, every shard it records must still have the size
     and CRC-32 it was written with (a flipped byte fails here even when the header still
-    parses); None without a manifest."""
+    parses): failures of the structure ``check``."""
     path = ckpt.root / MANIFEST_NAME
     if not path.exists() and not path.is_symlink():
-        return None
-    check = Check("shards match the CRC-32s of the manifest")
+        return
     try:
         data = load_json(path, "the manifest")
     except CheckpointError as exc:
         check.fail(MANIFEST_NAME, exc.reason)
-        return check
+        return
     shards = data.get("shards") if isinstance(data, dict) else None
     if not isinstance(shards, dict):
         check.fail(MANIFEST_NAME, "not a ue8m0 manifest (no 'shards' object)")
-        return check
+        return
     for shard, record in shards.items():
         if not isinstance(record, dict):
             check.fail(shard, "malformed manifest record")
@@ -129,8 +126,7 @@ def _manifest_check(ckpt: Checkpoint) -> Check | None:
     missing = [s for s in ckpt.shards if s not in shards and ckpt.index is not None]
     for shard in missing:
         check.fail(shard, "not recorded in the manifest")
-    check.detail = f"{len(shards)} shards recorded"
-    return check
+    check.detail += f"; CRC-32s of the {len(shards)} shards in the manifest checked"
 
 
 def _scale_checks(ckpt: Checkpoint) -> tuple[list[Fp8Weight], list[Check]]:

@@ -22,8 +22,8 @@ Examples:
 
 \b
 Checks: index <-> shards complete and consistent (total_size too; a shard with trailing bytes
-after its data fails here); with a ue8m0 manifest in CKPT, every shard's size and CRC-32 as it
-was written (a flipped byte fails); every FP8 weight has a
+after its data fails here, and, with a ue8m0 manifest in CKPT, a shard whose size or CRC-32
+differs from what was written: a flipped byte fails); every FP8 weight has a
 scale of the right shape and dtype; no orphan scales; config.json <-> tensors; scale_fmt ue8m0
 => every scale an exact power of two (lists the tensors where not); no NaN/Inf; with
 --against, every dequantized element within half an FP8 ulp (times its block scale) of the
