@@ -58,7 +58,7 @@ def cli() -> None:
       ue8m0 verify DST --against SRC   # check a converted checkpoint end to end
       ue8m0 requantize SRC DST         # FP32-scale FP8 checkpoint -> UE8M0 scales, with a report
       ue8m0 relayout SRC DST --to mxfp8  # UE8M0 128x128 -> MXFP8 1x32, lossless
-      ue8m0 report SRC --out report/   # what each recipe costs, per tensor, with plots
+      ue8m0 report SRC --out /tmp/rep  # what each recipe costs, per tensor, with plots
       ue8m0 plan --model deepseek-v3.1 --chip h20 --chip b200
       ue8m0 COMMAND --help             # options and examples of one command
 
