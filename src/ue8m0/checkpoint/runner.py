@@ -143,6 +143,7 @@ def _run_locked(
             worker_peak = pool.run(ckpt, plan, dst, todo, progress, record)
         _finalize(ckpt, plan, dst)
         manifest.finish()
+        _clean_temps(dst)  # a killed worker's partial file (this run holds DST's lock)
     except BaseException:
         if pool is not None:
             pool.kill()
