@@ -111,3 +111,20 @@ def cast_fp4_to_fp8_kernel(
                         worst[tj] = max(worst[tj], lo, hi)
         for tj in range(tc):
             errors[ti, tj] = np.nan if bmax[tj] == 255 else worst[tj]
+
+
+@njit(cache=True)
+def square_sums_kernel(p: Any, table: Any, nonzero: Any, out: Any) -> int:
+    """Per 32-group of packed FP4 ``p [rows, in/2]``: ``out[r, g]`` = the sum of the squared
+    E2M1 values (``table[byte]``: both nibbles' squares, exact in float32, as is every group
+    sum); returns how many values are nonzero (``nonzero[byte]``: 0, 1 or 2)."""
+    rows, half = p.shape
+    count = 0
+    for r in range(rows):
+        for g in range(half // (GROUP // 2)):
+            acc = np.float32(0.0)
+            for i in range(g * (GROUP // 2), (g + 1) * (GROUP // 2)):
+                acc += table[p[r, i]]
+                count += nonzero[p[r, i]]
+            out[r, g] = acc
+    return count

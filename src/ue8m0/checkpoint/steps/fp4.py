@@ -20,6 +20,7 @@ from ue8m0.deepseek_v4 import TILE, Fp8Cast, cast_fp4_to_fp8_v4, quantize_fp4_v4
 from ue8m0.errors import CheckpointError, InputError, NonFiniteError
 from ue8m0.formats import FLOAT8_E4M3FN, decode_table
 from ue8m0.fp4 import E2M1_VALUES, GROUP, unpack_fp4
+from ue8m0.kernels._fp4 import square_sums_kernel
 from ue8m0.metrics import ErrorStats
 
 #: lossy tiles listed per tensor in the stats (all are counted)
@@ -116,14 +117,15 @@ def _add_cast_stats(stats: ErrorStats, packed: np.ndarray, s: np.ndarray, cast: 
     tiles the FP8 values equal the FP4 ones, so their sums come from the FP4 codes alone (a
     32-group's sum of squared E2M1 values is exact in float32); the lossy tiles are decoded
     and measured element by element."""
-    b = packed.view(np.uint8)
-    group_sq = _BYTE_SQUARES[b].reshape(*s.shape, GROUP // 2).sum(axis=-1, dtype=np.float32)
+    b = np.ascontiguousarray(packed.view(np.uint8))
+    group_sq = np.empty(s.shape, np.float32)
+    nonzero = square_sums_kernel(b, _BYTE_SQUARES, _BYTE_NONZERO, group_sq)
     ref_sq = float(
         np.sum(group_sq.astype(np.float64) * np.exp2(2.0 * (s.astype(np.float64) - 127)))
     )
     exact = ErrorStats(
         count=2 * b.size,
-        nonzero=int(_BYTE_NONZERO[b].sum(dtype=np.int64)),
+        nonzero=int(nonzero),
         ref_sq=ref_sq,
         approx_sq=ref_sq,
         dot=ref_sq,
