@@ -20,16 +20,18 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from ue8m0.checkpoint.dstlock import LOCK_NAME
 from ue8m0.checkpoint.plan import Plan
 from ue8m0.checkpoint.registry import get_layout
-from ue8m0.checkpoint.source import Checkpoint
+from ue8m0.checkpoint.source import MANIFEST_NAME, Checkpoint
+from ue8m0.checkpoint.srccrc import SOURCES_DIR
 from ue8m0.checkpoint.stats import STATS_DIR, read_stats
-from ue8m0.checkpoint.writer import temp_path
+from ue8m0.checkpoint.writer import TMP_SUFFIX, temp_path
 
 CARD_NAME = "README.md"
 GITIGNORE_NAME = ".gitignore"
 #: ue8m0's bookkeeping in DST: never part of the model
-BOOKKEEPING = (".ue8m0-manifest.json", f"{STATS_DIR}/", ".ue8m0-lock", "*.ue8m0-tmp*")
+BOOKKEEPING = (MANIFEST_NAME, f"{STATS_DIR}/", f"{SOURCES_DIR}/", LOCK_NAME, f"*{TMP_SUFFIX}")
 
 _FRONT_MATTER = re.compile(r"\A---\n(.*?)\n---\n?", re.S)
 _OURS = "Converted by [ue8m0]"

@@ -75,9 +75,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         # without standalone mode click returns (not raises) a command's ctx.exit(code)
         rc = cli.main(args=argv, prog_name="ue8m0", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(130)
+    except click.exceptions.Abort:  # click's name for an interrupt (Ctrl-C) or a closed stdin
+        click.echo(f"ue8m0: error: {format_error(KeyboardInterrupt())}", err=True)
+        sys.exit(exit_code_for(KeyboardInterrupt()))
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

@@ -49,5 +49,6 @@ Step = Callable[[StepContext, Task], "dict[str, Any] | None"]
 def task_weight(ctx: StepContext, task: Task) -> Fp8Weight:
     """The FP8 weight (with its scale) that an FP8-source task converts."""
     assert task.scale and task.scale_shard and task.block and task.fmt
-    info = ctx.src.info(task.name)
-    return Fp8Weight(task.name, task.scale, task.scale_shard, info.dtype, task.block, task.fmt)
+    bare = Fp8Weight(task.name, task.scale, task.scale_shard, "", task.block, task.fmt)
+    scale_dtype = ctx.scale_file(bare).info(task.scale).dtype
+    return Fp8Weight(task.name, task.scale, task.scale_shard, scale_dtype, task.block, task.fmt)
