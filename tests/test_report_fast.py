@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from ckpt_fixtures import BF16, save, write_checkpoint
+from ckpt_fixtures import BF16, run_cli, save, write_checkpoint
 from ue8m0.api import quantize
 from ue8m0.cli.main import cli
 from ue8m0.formats import ElementFormat, decode_table, element_format
@@ -249,3 +249,14 @@ def test_a_single_tensor_file_with_workers(tmp_path: Path) -> None:
     doc = report_json(analyze_checkpoint(path, [get_recipe("rceil")], workers=2))
     assert [t["name"] for t in doc["tensors"]] == ["w"]
     assert doc["tensors"][0]["recipes"]["rceil"]["sqnr_db"] == "inf"
+
+
+def test_a_non_finite_weight_is_one_line_naming_the_tensor(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    w = np.ones((128, 128), np.float32)
+    w[3, 4] = np.nan
+    src = write_checkpoint(tmp_path / "src", {"model.safetensors": {"bad.weight": w}})
+    code, _, err = run_cli(["report", src, "--json"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "'bad.weight'" in err and "non-finite value nan" in err and "nonfinite=" not in err

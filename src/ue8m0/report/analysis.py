@@ -20,6 +20,7 @@ import numpy as np
 
 from ue8m0.api import dequantize
 from ue8m0.checkpoint.safetensors import DTYPES
+from ue8m0.errors import CheckpointError, NonFiniteError
 from ue8m0.metrics import ErrorStats, block_reduce, headroom_bits, saturated_mask
 from ue8m0.recipes import Recipe
 from ue8m0.report.progress import ReportProgress
@@ -295,16 +296,21 @@ def measure_tensor(
     from ue8m0.kernels._threads import using_threads
 
     with using_threads(threads):  # the compiled passes' threads (the kernels take ``threads``)
-        return analyze_array(
-            ref.name,
-            iter_slabs(ref, rows),
-            ref.shape,
-            ref.dtype,
-            recipes,
-            reference=reference,
-            threads=threads,
-            on_slab=tick,
-        )
+        try:
+            return analyze_array(
+                ref.name,
+                iter_slabs(ref, rows),
+                ref.shape,
+                ref.dtype,
+                recipes,
+                reference=reference,
+                threads=threads,
+                on_slab=tick,
+            )
+        except NonFiniteError as exc:  # the library's message suggests a Python argument
+            raise CheckpointError(
+                ref.shard, f"non-finite value {exc.value}: no recipe can measure it", ref.name
+            ) from None
 
 
 def analyze_checkpoint(
