@@ -19,13 +19,14 @@ import pytest
 
 import ue8m0.kernels as kernels
 from ckpt_fixtures import BF16, run_cli, visible_files, write_checkpoint
-from ue8m0.checkpoint import runner
+from ue8m0.checkpoint import procpool, runner
 from ue8m0.checkpoint.options import Fp8Options, QuantizeOptions
 from ue8m0.checkpoint.plan_dequantize import plan_dequantize
 from ue8m0.checkpoint.plan_fp8 import plan_fp8
 from ue8m0.checkpoint.plan_quantize import plan_quantize
 from ue8m0.checkpoint.runner import STOP_AFTER_ENV
 from ue8m0.checkpoint.source import MANIFEST_NAME, open_checkpoint
+from ue8m0.errors import CheckpointError
 
 
 def _shards(root: Path) -> Path:
@@ -107,7 +108,7 @@ def test_spawned_workers_match_one_process(
 ) -> None:
     """The fallback where forking is unsafe: spawned workers, kernels from the disk cache."""
     src = _shards(tmp_path / "src")
-    env = {runner.START_METHOD_ENV: "spawn"}
+    env = {procpool.START_METHOD_ENV: "spawn"}
     spawned = _fresh_cli("quantize", src, tmp_path / "w2", "--workers", "2", env=env)
     assert spawned["worker_start"] == "spawn"
     assert run_cli(["quantize", src, tmp_path / "w1", "-q"], capsys)[0] == 0
@@ -158,30 +159,30 @@ def test_one_process_run_reports_no_worker_start(
 
 
 def test_start_method(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(runner.START_METHOD_ENV, raising=False)
-    monkeypatch.setattr(runner.sys, "platform", "linux")
+    monkeypatch.delenv(procpool.START_METHOD_ENV, raising=False)
+    monkeypatch.setattr(procpool.sys, "platform", "linux")
     monkeypatch.setattr(kernels, "fork_safe", lambda: True)
     live = threading.active_count
-    monkeypatch.setattr(runner.threading, "active_count", lambda: 1)  # other tests' threads
-    assert runner.start_method() == "fork"
+    monkeypatch.setattr(procpool.threading, "active_count", lambda: 1)  # other tests' threads
+    assert procpool.start_method() == "fork"
     monkeypatch.setattr(kernels, "fork_safe", lambda: False)  # GNU OpenMP loaded
-    assert runner.start_method() == "spawn"
+    assert procpool.start_method() == "spawn"
     monkeypatch.setattr(kernels, "fork_safe", lambda: True)
-    monkeypatch.setattr(runner.sys, "platform", "darwin")
-    assert runner.start_method() == "spawn"
-    monkeypatch.setattr(runner.sys, "platform", "linux")
-    monkeypatch.setattr(runner.threading, "active_count", live)
+    monkeypatch.setattr(procpool.sys, "platform", "darwin")
+    assert procpool.start_method() == "spawn"
+    monkeypatch.setattr(procpool.sys, "platform", "linux")
+    monkeypatch.setattr(procpool.threading, "active_count", live)
     stop = threading.Event()
     other = threading.Thread(target=stop.wait)
     other.start()
     try:  # another thread could hold a lock the child would inherit held
-        assert runner.start_method() == "spawn"
+        assert procpool.start_method() == "spawn"
     finally:
         stop.set()
         other.join()
     for forced in ("spawn", "fork"):
-        monkeypatch.setenv(runner.START_METHOD_ENV, forced)
-        assert runner.start_method() == forced
+        monkeypatch.setenv(procpool.START_METHOD_ENV, forced)
+        assert procpool.start_method() == forced
 
 
 def test_fork_safe_follows_the_threading_layer(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -303,9 +304,9 @@ def test_dead_worker_is_one_line_error(tmp_path: Path, monkeypatch: pytest.Monke
     src = _shards(tmp_path / "src")
     ckpt = open_checkpoint(src)
     plan = plan_quantize(ckpt, QuantizeOptions().validated())
-    monkeypatch.setenv(runner.START_METHOD_ENV, "fork")  # the child inherits the patch below
+    monkeypatch.setenv(procpool.START_METHOD_ENV, "fork")  # the child inherits the patch below
     monkeypatch.setattr(runner, "convert_shard", _die)
-    with pytest.raises(runner.CheckpointError, match="a worker process died while converting"):
+    with pytest.raises(CheckpointError, match="a worker process died while converting"):
         runner.run_plan(ckpt, plan, tmp_path / "q", workers=2)
     assert not (tmp_path / "q" / "model.safetensors.index.json").exists()
     assert not list((tmp_path / "q").glob("*.safetensors"))
@@ -317,8 +318,8 @@ def test_worker_dying_at_start_is_one_line_error(
     src = _shards(tmp_path / "src")
     ckpt = open_checkpoint(src)
     plan = plan_quantize(ckpt, QuantizeOptions().validated())
-    monkeypatch.setenv(runner.START_METHOD_ENV, "fork")
-    monkeypatch.setattr(runner, "_die_with", _die)  # the worker initializer fails hard
-    with pytest.raises(runner.CheckpointError, match="a worker process died while starting"):
+    monkeypatch.setenv(procpool.START_METHOD_ENV, "fork")
+    monkeypatch.setattr(procpool, "die_with_parent", _die)  # the worker initializer fails hard
+    with pytest.raises(CheckpointError, match="a worker process died while starting"):
         runner.run_plan(ckpt, plan, tmp_path / "q", workers=2)
     assert not (tmp_path / "q" / "model.safetensors.index.json").exists()

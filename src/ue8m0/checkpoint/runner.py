@@ -7,17 +7,11 @@ is written; the index is written last, after the copied files and the config.
 
 from __future__ import annotations
 
-import ctypes
-import multiprocessing
 import os
 import queue
-import signal
-import sys
-import threading
 import time
-import warnings
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import partial
@@ -36,6 +30,7 @@ from ue8m0.checkpoint.modelcard import CARD_NAME, write_card
 from ue8m0.checkpoint.options import DequantizeOptions, Fp8Options, Options, QuantizeOptions
 from ue8m0.checkpoint.plan import Plan, ShardPlan, Task
 from ue8m0.checkpoint.preflight import check_plan
+from ue8m0.checkpoint.procpool import WorkerPool, worker_queue
 from ue8m0.checkpoint.progress import Progress, peak_rss_bytes
 from ue8m0.checkpoint.registry import FP4, MX_BLOCK, element_fmt
 from ue8m0.checkpoint.safetensors import DTYPES
@@ -43,7 +38,6 @@ from ue8m0.checkpoint.source import INDEX_NAME, Checkpoint, check_destination
 from ue8m0.checkpoint.steps import KERNEL_STEPS
 from ue8m0.checkpoint.writer import TMP_SUFFIX, copy_atomic, write_json_atomic
 from ue8m0.deepseek_v4 import AMAX_FLOOR
-from ue8m0.errors import CheckpointError
 from ue8m0.formats import FLOAT4_E2M1FN
 
 #: test-only hook: stop (sleep) after this many shards are recorded, to be killed mid-run
@@ -108,7 +102,7 @@ def _run_locked(
     todo = [s for s in plan.shards if not manifest.is_done(s, dst, ckpt.root)]
     skipped = [s.name for s in plan.shards if s not in todo]
     pooled = ray_address is None and workers > 1 and len(todo) > 1
-    pool = _Pool.start(ckpt, plan, todo, workers) if pooled else None
+    pool = _Pool.start_for(ckpt, plan, todo, workers) if pooled else None
     progress.start(sum(s.in_bytes for s in todo), len(todo))
     stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
 
@@ -162,46 +156,6 @@ def _clean_temps(dst: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-#: ``fork`` or ``spawn``: overrides the start method :func:`start_method` picks
-START_METHOD_ENV = "UE8M0_START_METHOD"
-
-_QUEUE: Any = None
-
-
-def _init_worker(q: Any, lock: Any, parent: int) -> None:
-    global _QUEUE
-    _QUEUE = q
-    kernels.set_compile_lock(lock)
-    _die_with(parent)
-
-
-def _die_with(parent: int) -> None:
-    """Linux: the kernel kills this worker when the parent dies (``PR_SET_PDEATHSIG``), so a
-    killed run leaves no worker still writing into DST when it is resumed."""
-    if not sys.platform.startswith("linux"):  # pragma: no cover - other systems
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the parent died before the call
-        os._exit(1)
-
-
-def start_method() -> str:
-    """``fork`` where it is safe, else ``spawn``.
-
-    Forked workers start at once with the kernels the parent compiled; a spawned one pays
-    about a second (interpreter, imports, kernel cache). Forking is safe on Linux when numba's
-    threading layer is fork-safe (:func:`ue8m0.kernels.fork_safe`; the CLI picks one) and no
-    other thread runs (one holding a lock at the fork would leave it held in the child).
-    ``UE8M0_START_METHOD`` (``fork`` or ``spawn``) overrides the choice.
-    """
-    forced = os.environ.get(START_METHOD_ENV, "").strip()
-    if forced in ("fork", "spawn"):
-        return forced
-    safe = sys.platform.startswith("linux") and kernels.fork_safe()
-    return "fork" if safe and threading.active_count() == 1 else "spawn"
-
-
 def _worker(
     root: str, dst: str, shard: ShardPlan, options: Options, threads: int
 ) -> tuple[int, int, str]:
@@ -209,56 +163,20 @@ def _worker(
     (:class:`CheckpointError` pickles with its fields)."""
 
     def tick(n: int) -> None:
-        _QUEUE.put((shard.name, n))
+        worker_queue().put((shard.name, n))
 
     size, sha = convert_shard(Path(root), Path(dst), shard, options, tick, threads)
     return peak_rss_bytes(), size, sha
 
 
 @dataclass
-class _Pool:
-    """Worker processes over shards, started before any other thread of the run (progress
-    bars): see :func:`start_method`."""
-
-    executor: ProcessPoolExecutor
-    queue: Any
-    threads: int
-    method: str
+class _Pool(WorkerPool):
+    """Worker processes over shards (:class:`.procpool.WorkerPool`)."""
 
     @classmethod
-    def start(cls, ckpt: Checkpoint, plan: Plan, todo: list[ShardPlan], workers: int) -> _Pool:
+    def start_for(cls, ckpt: Checkpoint, plan: Plan, todo: list[ShardPlan], workers: int) -> _Pool:
         _warm_up(ckpt, todo, plan.options)
-        method = start_method()
-        ctx = multiprocessing.get_context(method)
-        q = ctx.Queue()
-        nproc = min(workers, len(todo))
-        threads = max(1, (os.cpu_count() or 1) // nproc)  # the cores, shared between processes
-        executor = ProcessPoolExecutor(
-            nproc,
-            mp_context=ctx,
-            initializer=_init_worker,
-            initargs=(q, ctx.Lock(), os.getpid()),
-        )
-        # the first submit starts the processes (all of them, when forking) before the
-        # executor's own thread; a no-op task makes that happen here. Native threads (BLAS,
-        # numba's workqueue) come from libraries that handle fork; Python 3.12+ warns anyway.
-        pool = cls(executor, q, threads, method)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", r".*multi-threaded.*fork", DeprecationWarning)
-            try:
-                executor.submit(int).result()
-            except BrokenProcessPool:
-                pool.kill()
-                raise pool.died(ckpt.root, "while starting") from None
-        return pool
-
-    def died(self, where: Path, doing: str) -> CheckpointError:
-        """The one-line error for a worker that died (the pool is broken from then on)."""
-        return CheckpointError(
-            where,
-            f"a worker process died {doing} (killed by the system, e.g. out of memory, or "
-            f"crashed; {START_METHOD_ENV}={self.method}); rerun the same command to resume",
-        )
+        return cls.start(min(workers, len(todo)), ckpt.root, "a worker process")
 
     def run(
         self,
@@ -285,20 +203,17 @@ class _Pool:
                 try:
                     worker_peak, size, sha = fut.result()
                 except BrokenProcessPool:
-                    raise self.died(dst, f"while converting {shard.name}") from None
+                    raise self.died(
+                        dst,
+                        "a worker process",
+                        f"while converting {shard.name}",
+                        "; rerun the same command to resume",
+                    ) from None
                 peak = max(peak, worker_peak)
                 record(shard, size, sha)
         _drain(self.queue, progress, sizes, started)
         self.executor.shutdown()
         return peak
-
-    def kill(self) -> None:
-        procs = list(getattr(self.executor, "_processes", {}).values())
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:  # dead before DST's temporary files are cleaned (none left behind)
-            proc.join(10)
-        self.executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _warm_up(ckpt: Checkpoint, todo: list[ShardPlan], options: Options) -> None:

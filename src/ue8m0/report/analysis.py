@@ -336,7 +336,7 @@ def analyze_checkpoint(
     if workers > 1 and len(refs) > 1:
         from ue8m0.report.parallel import TensorPool
 
-        pool = TensorPool.start(src, list(recipes), min(workers, len(refs)), reference)
+        pool = TensorPool.start_for(src, list(recipes), min(workers, len(refs)), reference)
     sizes = [tensor_bytes(r) for r in refs]
     progress.start(sum(sizes), len(refs))
     try:

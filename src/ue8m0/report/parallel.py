@@ -9,20 +9,16 @@ pickled and are put back in checkpoint order, so the result is the one a single 
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import queue
-import warnings
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ue8m0 import kernels
-from ue8m0.checkpoint.runner import START_METHOD_ENV, _die_with, start_method
-from ue8m0.errors import CheckpointError
+from ue8m0.checkpoint.procpool import WorkerPool, worker_queue
 from ue8m0.recipes import Recipe
 from ue8m0.report.progress import ReportProgress
 from ue8m0.report.source import TensorRef
@@ -33,15 +29,6 @@ if TYPE_CHECKING:
 #: how a worker measures one tensor: :func:`ue8m0.report.analysis.measure_tensor` (passed in by
 #: its caller, so that this module does not import it back)
 Measure = Callable[..., "TensorReport"]
-
-_QUEUE: Any = None
-
-
-def _init_worker(q: Any, lock: Any, parent: int) -> None:
-    global _QUEUE
-    _QUEUE = q
-    kernels.set_compile_lock(lock)
-    _die_with(parent)
 
 
 def _measure(
@@ -54,27 +41,24 @@ def _measure(
     threads: int,
 ) -> tuple[int, TensorReport]:
     def tick(n: int) -> None:
-        _QUEUE.put(n)
+        worker_queue().put(n)
 
     report = measure(ref, recipes, slab_bytes, reference=reference, threads=threads, on_bytes=tick)
     return index, report
 
 
 @dataclass
-class TensorPool:
-    """Worker processes over tensors; start it before any other thread (the progress bar has
-    none)."""
+class TensorPool(WorkerPool):
+    """Worker processes over tensors (:class:`~ue8m0.checkpoint.procpool.WorkerPool`); start
+    it before any other thread (the progress bar has none)."""
 
-    executor: ProcessPoolExecutor
-    queue: Any
-    recipes: list[Recipe]
-    reference: bool
-    threads: int
-    method: str
-    where: Path
+    recipes: list[Recipe] = field(default_factory=list)
+    reference: bool = False
+    where: Path = Path()
+    _seen: int = 0
 
     @classmethod
-    def start(
+    def start_for(
         cls, src: str | Path, recipes: list[Recipe], workers: int, reference: bool
     ) -> TensorPool:
         from ue8m0.report.fused import warm_up
@@ -82,30 +66,9 @@ class TensorPool:
         kernels.prefer_fork_safe_layer()  # before the warm-up loads a threading layer
         if not reference:
             warm_up(recipes)
-        method = start_method()
-        ctx = multiprocessing.get_context(method)
-        q = ctx.Queue()
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        executor = ProcessPoolExecutor(
-            workers, mp_context=ctx, initializer=_init_worker, initargs=(q, ctx.Lock(), os.getpid())
-        )
-        pool = cls(executor, q, recipes, reference, threads, method, Path(src))
-        # start the processes now, before the executor's own thread (as the runner does)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", r".*multi-threaded.*fork", DeprecationWarning)
-            try:
-                executor.submit(int).result()
-            except BrokenProcessPool:
-                pool.kill()
-                raise pool.died("while starting") from None
+        pool = cls.start(workers, Path(src), "a report worker process")
+        pool.recipes, pool.reference, pool.where = list(recipes), reference, Path(src)
         return pool
-
-    def died(self, doing: str) -> CheckpointError:
-        return CheckpointError(
-            self.where,
-            f"a report worker process died {doing} (killed by the system, e.g. out of memory, "
-            f"or crashed; {START_METHOD_ENV}={self.method})",
-        )
 
     def run(
         self,
@@ -131,21 +94,23 @@ class TensorPool:
                 try:
                     index, report = fut.result()
                 except BrokenProcessPool:
-                    raise self.died(f"while measuring {name}") from None
+                    raise self.died(
+                        self.where, "a report worker process", f"while measuring {name}"
+                    ) from None
                 found[index] = report
                 progress.tensor_done()
-        self._drain(progress)
+        # a worker's byte counts travel through its queue's feeder thread and can arrive after
+        # its result: wait (briefly) until every byte is counted
+        self._drain(progress, outstanding=sum(sizes) - self._seen)
         self.executor.shutdown()
         return [found[i] for i in range(len(refs))]
 
-    def _drain(self, progress: ReportProgress) -> None:
+    def _drain(self, progress: ReportProgress, outstanding: int = 0) -> None:
         while True:
             try:
-                progress.advance(self.queue.get_nowait())
+                n = self.queue.get(timeout=5.0) if outstanding > 0 else self.queue.get_nowait()
+                self._seen += n
+                outstanding -= n
+                progress.advance(n)
             except queue.Empty:
                 return
-
-    def kill(self) -> None:
-        for proc in list(getattr(self.executor, "_processes", {}).values()):
-            proc.terminate()
-        self.executor.shutdown(wait=False, cancel_futures=True)
