@@ -148,13 +148,17 @@ def ensure_venv() -> Path:
 
 
 def run_vllm(
-    models: dict[str, Path], prompts: list[list[int]], **options: Any
+    models: dict[str, tuple[Path, str]], prompts: list[list[int]], **options: Any
 ) -> dict[str, dict[str, Any]]:
-    """Load each of ``models`` (name -> checkpoint directory) with vLLM (CPU), one after the
+    """Load each of ``models`` (name -> (checkpoint directory, vLLM dtype)) with vLLM (CPU), one after the
     other in one ``vllm_runner.py`` process in the vLLM venv: per name, its JSON verdict (``ok``,
     prompt logprobs, greedy tokens, linear methods; or the loader's error word for word)."""
     venv = ensure_venv()
-    request = {"models": {k: str(v) for k, v in models.items()}, "prompts": prompts, **options}
+    request = {
+        "models": {k: [str(path), dtype] for k, (path, dtype) in models.items()},
+        "prompts": prompts,
+        **options,
+    }
     try:
         out = subprocess.run(
             [str(_python(venv)), str(RUNNER), json.dumps(request)],

@@ -4,8 +4,10 @@ load checkpoint directories one after the other with vLLM's offline ``vllm.LLM``
 
     python vllm_runner.py REQUEST_JSON
 
-REQUEST_JSON: ``{"models": {NAME: DIR, ...}, "prompts": [[token ids], ...], "max_tokens": N,
-"mxfp8_cpu_emulation": bool}``. Output: ``{NAME: result, ...}``, each result
+REQUEST_JSON: ``{"models": {NAME: [DIR, DTYPE], ...}, "prompts": [[token ids], ...],
+"max_tokens": N}`` (DTYPE: vLLM's ``dtype``, ``bfloat16`` or ``float32``).
+Before loading, two CPU kernels are registered where vLLM 0.32 has none (see the two
+``register_*`` functions; the ``kernels`` field of each result names the kernel used). Output: ``{NAME: result, ...}``, each result
 ``{"ok": true, "load_s", "run_s", "prompt_logprobs": [[logprob of token i given the tokens
 before it, for i >= 1], ...], "greedy": [[token ids], ...], "linear_methods": {class: count},
 "kernels": {...}}`` or ``{"ok": false, "error": "<exception type>: <message>"}`` (the exit
@@ -40,14 +42,57 @@ ENV = {
 
 def register_cpu_mxfp8_emulation() -> None:
     """vLLM 0.32 has no CPU MXFP8 linear kernel: put its own ``EmulationMxfp8LinearKernel``
-    (dequantize, then a BF16 matmul) first in the CPU platform's MXFP8 kernel list."""
+    (dequantize at load, then a BF16 matmul) in the CPU platform's MXFP8 kernel list."""
     from vllm.model_executor.kernels.linear import _POSSIBLE_MXFP8_KERNELS
     from vllm.model_executor.kernels.linear.mxfp8.emulation import EmulationMxfp8LinearKernel
     from vllm.platforms import PlatformEnum
 
     kernels = _POSSIBLE_MXFP8_KERNELS.setdefault(PlatformEnum.CPU, [])
     if EmulationMxfp8LinearKernel not in kernels:
-        kernels.insert(0, EmulationMxfp8LinearKernel)
+        kernels.append(EmulationMxfp8LinearKernel)
+
+
+def register_cpu_block_fp8_fallback() -> None:
+    """vLLM 0.32's CPU block-FP8 kernels (``CPUFp8W8A8BlockScaledMMKernel``,
+    ``CPUFp8BlockScaledMMKernel``) need AMX tiles (Sapphire Rapids or newer) and vLLM has no
+    CPU fallback, so on other CPUs every FP8 block checkpoint fails with "Failed to find a
+    kernel that can implement the ScaledMM linear layer". Append, LAST in the CPU list (vLLM's
+    own kernels win where they run), a W8A16 emulation: after vLLM's loader has filled the
+    layer (fused shards concatenated, scales copied into its float32 parameters), the weight
+    becomes ``fp8 * scale`` per block (a partial last block cropped) in BF16, and the linear
+    is a BF16 matmul, what ``CPUFp8BlockScaledMMKernel`` computes with AMX."""
+    import torch
+    from vllm.model_executor.kernels.linear import _POSSIBLE_FP8_BLOCK_KERNELS
+    from vllm.model_executor.kernels.linear.scaled_mm.BlockScaledMMLinearKernel import (
+        Fp8BlockScaledMMLinearKernel,
+    )
+    from vllm.model_executor.utils import replace_parameter
+    from vllm.platforms import PlatformEnum, current_platform
+
+    class CpuBlockFp8DequantKernel(Fp8BlockScaledMMLinearKernel):  # type: ignore[misc]
+        apply_input_quant = False
+
+        @classmethod
+        def is_supported(cls, compute_capability: int | None = None) -> tuple[bool, str | None]:
+            return (True, None) if current_platform.is_cpu() else (False, "CPU only")
+
+        def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+            params = self._get_layer_params(layer)
+            weight = params.weight.data.to(torch.float32)
+            scale = params.block_scale.data.to(torch.float32)
+            rows, cols = self.weight_group_shape.row, self.weight_group_shape.col
+            full = scale.repeat_interleave(rows, 0).repeat_interleave(cols, 1)
+            full = full[: weight.shape[0], : weight.shape[1]]
+            replace_parameter(layer, params.WEIGHT, (weight * full).to(torch.bfloat16))
+
+        def apply_block_scaled_mm(
+            self, A: torch.Tensor, B: torch.Tensor, As: torch.Tensor, Bs: torch.Tensor
+        ) -> torch.Tensor:
+            return torch.nn.functional.linear(A, B.to(A.dtype))
+
+    kernels = _POSSIBLE_FP8_BLOCK_KERNELS.setdefault(PlatformEnum.CPU, [])
+    if not any(k.__name__ == CpuBlockFp8DequantKernel.__name__ for k in kernels):
+        kernels.append(CpuBlockFp8DequantKernel)
 
 
 def _describe(model: Any) -> dict[str, dict[str, int]]:
@@ -59,21 +104,22 @@ def _describe(model: Any) -> dict[str, dict[str, int]]:
         if method is None:
             continue
         methods[type(method).__name__] += 1
-        for attr in ("kernel", "fp8_linear", "w8a8_block_fp8_linear", "mxfp8_linear"):
-            kernel = getattr(method, attr, None)
-            if kernel is not None:
-                kernels[f"{attr}={type(kernel).__name__}"] += 1
+        for holder in (method, getattr(module, "scheme", None)):
+            for attr in ("kernel", "fp8_linear", "mxfp8_linear"):
+                kernel = getattr(holder, attr, None)
+                if kernel is not None:
+                    kernels[type(kernel).__name__] += 1
     return {"linear_methods": dict(methods), "kernels": dict(kernels)}
 
 
-def run_one(model: str, request: dict[str, Any]) -> dict[str, Any]:
+def run_one(model: str, dtype: str, request: dict[str, Any]) -> dict[str, Any]:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
     t0 = time.perf_counter()
     llm = LLM(
         model=model,
-        dtype="bfloat16",
+        dtype=dtype,
         max_model_len=128,
         enforce_eager=True,
         seed=0,
@@ -114,15 +160,15 @@ def run_one(model: str, request: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(request: dict[str, Any]) -> dict[str, Any]:
-    if request.get("mxfp8_cpu_emulation"):
-        register_cpu_mxfp8_emulation()
+    register_cpu_mxfp8_emulation()
+    register_cpu_block_fp8_fallback()
     from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
     results: dict[str, Any] = {}
-    for name, model in request["models"].items():
+    for name, (model, dtype) in request["models"].items():
         t0 = time.perf_counter()
         try:
-            results[name] = run_one(model, request)
+            results[name] = run_one(model, dtype, request)
         except Exception as exc:  # the verdict is data: which loader error, word for word
             traceback.print_exc(file=sys.stderr)
             results[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
