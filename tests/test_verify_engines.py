@@ -151,3 +151,13 @@ def test_a_v4_checkpoint_without_expert_dtype_is_misread_by_vllm(
     config = {"model_type": "deepseek_v4", "expert_dtype": "fp8"}
     ok = write_checkpoint(tmp_path / "v4ok", {"model.safetensors": tensors}, config)
     assert _verdicts(_verify(ok, capsys)[1])["vllm"] == "loads"
+
+
+def test_mxfp8_with_sglangs_scale_names_is_refused_by_vllm(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """vLLM reads serialized MXFP8 with weight_scale (measured in tests/test_vllm_cpu.py)."""
+    _, result = _verify(_quantized(tmp_path, capsys, "--format", "mxfp8"), capsys)
+    verdicts = _verdicts(result)
+    assert verdicts["vllm"] == "refuses" and verdicts["sglang"] == "loads"
+    assert "weight_scale_inv is an unknown parameter" in str(result["engines"]["vllm"])

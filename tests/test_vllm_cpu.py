@@ -231,14 +231,15 @@ def test_known_gap_mxfp8_scales_are_named_for_sglang_not_vllm(
 ) -> None:
     """Today ``--format mxfp8`` writes ``weight_scale_inv`` (SGLang's name); vLLM 0.32 reads
     ``quant_method: mxfp8`` with its ModelOpt MXFP8 loader, which wants ``weight_scale``, and
-    refuses the checkpoint, while verify predicts it loads. Flip when item 4 lands."""
+    refuses the checkpoint, and verify predicts that refusal. Flip when --format mxfp8 writes
+    vLLM's form."""
     result = runs.vllm["mxfp8"]
     assert not result["ok"]
     assert result["error"].startswith(
         "ValueError: There is no module or parameter named "
         "'layers.0.mlp.down_proj.weight_scale_inv' in LlamaModel."
     )
-    assert _verify_vllm(runs.ckpts["mxfp8"], capsys) == "loads"  # wrong: vLLM refuses
+    assert _verify_vllm(runs.ckpts["mxfp8"], capsys) == "refuses"
 
 
 def test_mxfp8_under_vllms_scale_name_loads_and_computes_what_dequantize_computes(

@@ -176,6 +176,22 @@ def e5m2_as_e4m3(f: Facts) -> Iterator[Finding]:
             yield Finding(engine, MISREADS, why, _named(e5m2))
 
 
+def mxfp8_scale_names(f: Facts) -> Iterator[Finding]:
+    """Serialized MXFP8 with SGLang's scale names: vLLM reads ``quant_method mxfp8`` through its
+    ModelOpt MXFP8 loader (``quantization/modelopt.py``), whose layers take ``weight_scale``."""
+    if f.quant_method != "mxfp8":
+        return
+    named = [w.name for w in f.pairs.weights.values() if w.scale.endswith("_scale_inv")]
+    if named:
+        yield Finding(
+            "vllm",
+            REFUSES,
+            "quant_method mxfp8 is read by vLLM's ModelOpt MXFP8 loader, which loads weight_scale: "
+            "weight_scale_inv is an unknown parameter",
+            _named(named),
+        )
+
+
 def missing_expert_dtype(f: Facts) -> Iterator[Finding]:
     """DeepSeek-V4 names (``.scale``) without ``expert_dtype``: older vLLM assumes fp4."""
     v4 = any(w.scale.endswith(".scale") for w in f.pairs.weights.values())
@@ -210,6 +226,7 @@ RULES: tuple[Rule, ...] = (
     byte_scales_as_numbers,
     e8m0_for_deepseek_v3,
     e5m2_as_e4m3,
+    mxfp8_scale_names,
     missing_expert_dtype,
     exponent_bytes_as_values,
 )
