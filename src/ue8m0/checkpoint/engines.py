@@ -30,7 +30,7 @@ import numpy as np
 
 from ue8m0.checkpoint.architectures import EXPERT, architecture_of, group_of
 from ue8m0.checkpoint.pairs import Fp8Pairs, pair_fp8_weights, read_scale
-from ue8m0.checkpoint.registry import expert_dtype, module_of
+from ue8m0.checkpoint.registry import MXFP8, expert_dtype, module_of
 from ue8m0.checkpoint.safetensors import FLOAT_TAGS, FP8_TAGS
 from ue8m0.checkpoint.source import Checkpoint
 
@@ -179,7 +179,7 @@ def e5m2_as_e4m3(f: Facts) -> Iterator[Finding]:
 def mxfp8_scale_names(f: Facts) -> Iterator[Finding]:
     """Serialized MXFP8 with SGLang's scale names: vLLM reads ``quant_method mxfp8`` through its
     ModelOpt MXFP8 loader (``quantization/modelopt.py``), whose layers take ``weight_scale``."""
-    if f.quant_method != "mxfp8":
+    if f.quant_method != MXFP8.quant_method:
         return
     named = [w.name for w in f.pairs.weights.values() if w.scale.endswith("_scale_inv")]
     if named:
