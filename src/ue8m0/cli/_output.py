@@ -28,6 +28,18 @@ def output_options(func: F) -> F:
     return func
 
 
+def workers_option(over: str) -> Callable[[F], F]:
+    """``--workers N``: worker processes over ``over`` (shards, tensors)."""
+    return click.option(
+        "--workers",
+        type=click.IntRange(min=1),
+        default=1,
+        show_default=True,
+        help=f"Worker processes over {over}; the cores are shared out as kernel threads "
+        "(1: one process using every core; UE8M0_NUM_THREADS overrides).",
+    )
+
+
 def run_options(func: F) -> F:
     """``--dry-run``, ``--workers N``, ``--ray ADDRESS``, ``--quiet`` and ``--json``: every
     converting command's. ``--ray`` reaches :func:`run_or_print_plan` through the click
@@ -44,14 +56,7 @@ def run_options(func: F) -> F:
         "storage every node mounts at the same path; a DST another node cannot see is "
         "refused. Same bytes and manifest as a local run.",
     )(func)
-    func = click.option(
-        "--workers",
-        type=click.IntRange(min=1),
-        default=1,
-        show_default=True,
-        help="Worker processes over shards; the cores are shared out as kernel threads "
-        "(1: one process using every core; UE8M0_NUM_THREADS overrides).",
-    )(func)
+    func = workers_option("shards")(func)
     func = click.option(
         "--dry-run", is_flag=True, help="Print the plan (tensors, bytes, shards) only."
     )(func)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ue8m0.cli._output import workers_option
 from ue8m0.cli.params import SOURCE
 from ue8m0.printable import printable
 from ue8m0.recipes import DEFAULT_RECIPES, get_recipe
@@ -64,14 +65,7 @@ JSON writes non-finite numbers as the strings "inf", "-inf", "nan".
     show_default=True,
     help="Rows read at a time, in MiB of float32 (the memory bound, per worker).",
 )
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Worker processes over tensors; the cores are shared out as kernel threads "
-    "(1: one process using every core).",
-)
+@workers_option("tensors")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def report(
     src: Path | None,
