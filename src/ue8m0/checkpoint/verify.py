@@ -54,6 +54,8 @@ class Check:
 class Report:
     path: str
     checks: list[Check]
+    #: the checkpoint as opened (None when it could not be): further checks reuse it
+    checkpoint: Checkpoint | None = None
 
     @property
     def passed(self) -> bool:
@@ -89,7 +91,7 @@ def verify_checkpoint(path: str | Path, against: str | Path | None = None) -> Re
     checks.append(_finite_check(ckpt, pairs))
     if against is not None:
         checks.extend(_against_checks(ckpt, pairs, open_checkpoint(against)))
-    return Report(str(path), checks)
+    return Report(str(path), checks, ckpt)
 
 
 def _manifest_check(ckpt: Checkpoint, check: Check) -> None:

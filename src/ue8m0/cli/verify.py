@@ -59,11 +59,11 @@ def verify(
 ) -> None:
     """Verify an FP8 (or any safetensors) checkpoint; non-zero exit on any failure."""
     from ue8m0.checkpoint.engines import engine_table
-    from ue8m0.checkpoint.source import open_checkpoint
     from ue8m0.checkpoint.verify import verify_checkpoint
 
     report = verify_checkpoint(ckpt, against)
-    loaders = engine_table(open_checkpoint(ckpt)) if report.checks[0].passed else {}
+    opened = report.checkpoint if report.checks[0].passed else None
+    loaders = engine_table(opened) if opened is not None else {}
     failed = [e for e in engines if loaders.get(e, {}).get("verdict", "loads") != "loads"]
     passed = report.passed and not failed
     if as_json:
