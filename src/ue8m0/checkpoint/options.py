@@ -197,7 +197,8 @@ class Fp8Options:
 
     def resolved_scale_dtype(self, source_tag: str | None) -> str:
         """``scale_dtype`` for one tensor: ``auto`` keeps the source's scale dtype when the
-        layout keeps source dtypes and can store it (F32, U8, F8_E8M0), else the layout's
+        layout keeps source dtypes, can store it (F32, U8, F8_E8M0) and its serving loaders
+        read it; a misread U8 source becomes F8_E8M0 (the same bytes); else the layout's
         default."""
         if self.scale_dtype != "auto":
             return self.scale_dtype
