@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import accelerate  # noqa: F401  (transformers loads FP8 checkpoints only with it)
@@ -81,3 +82,45 @@ def test_transformers_loads_our_fp8_output(
     plain = _load(dq)
     assert getattr(plain.config, "quantization_config", None) is None  # type: ignore[attr-defined]
     torch.testing.assert_close(_logits(plain, ids), got, rtol=0, atol=0)
+
+
+def _dequantized_state(path: Path) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for shard in path.glob("*.safetensors"):
+        with SafetensorsFile(shard) as f:
+            out.update({k: np.array(f.get(k)) for k in f.keys()})
+    return out
+
+
+@pytest.mark.parametrize("engine", ["sglang", "transformers", "vllm"])
+def test_transformers_reads_mxfp8_as_weight_scale_inv_only(
+    tiny_llama: Path, tmp_path: Path, engine: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """transformers 5.24 maps ``quant_method mxfp8`` to its fine-grained FP8 quantizer, which
+    reads ``weight_scale_inv``: ``--format mxfp8 --engine sglang|transformers`` loads as
+    ``ue8m0 dequantize`` computes it, bit for bit; the vLLM form (``weight_scale``, the
+    default) has its scales dropped as unexpected keys and computes something else, which
+    ``verify --engine transformers`` predicts."""
+    q, dq = tmp_path / "mx", tmp_path / "bf16"
+    args = ["quantize", tiny_llama, q, "-q", "--format", "mxfp8", "--engine", engine]
+    assert run_cli(args, capsys)[0] == 0
+    assert run_cli(["dequantize", q, dq, "-q"], capsys)[0] == 0
+    code, out, _ = run_cli(["verify", q, "--engine", "transformers", "--json"], capsys)
+    verdict = json.loads(out)["engines"]["transformers"]["verdict"]
+    model = _load(q)
+    state = model.state_dict()  # type: ignore[attr-defined]
+    ours = _dequantized_state(dq)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    same = torch.equal(
+        state[name].contiguous().view(torch.int16), torch.from_numpy(ours[name].view(np.int16))
+    )
+    ids = torch.arange(32).reshape(2, 16) * 7 % 256
+    diff = float((_logits(model, ids) - _logits(_load(dq), ids)).abs().max())
+    print(f"{engine}: transformers verdict {verdict}, max |logit diff| {diff:.4f}")
+    if engine == "vllm":
+        assert (code, verdict) == (1, "misreads") and not same and diff > 0.1
+    else:
+        assert (code, verdict) == (0, "loads") and same and diff == 0.0
+        for key, want in ours.items():
+            got = state[key].contiguous().view(torch.int16).numpy()
+            np.testing.assert_array_equal(got, want.view(np.int16), err_msg=key)

@@ -31,6 +31,7 @@ def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         ["quantize", src, base / "fp32", "--pad-partial", "--scale-rule", "fp32", "-q"],
         ["relayout", base / "q", base / "mx", "--to", "mxfp8", "-q"],
         ["relayout", base / "q", base / "mxr", "--scales", "repeat", "-q"],
+        ["relayout", base / "q", base / "mxs", "--to", "mxfp8", "--engine", "sglang", "-q"],
         ["dequantize", base / "q", base / "q-f32", "--dtype", "f32", "-q"],
         ["dequantize", base / "mx", base / "mx-f32", "--dtype", "f32", "-q"],
         ["dequantize", base / "mxr", base / "mxr-f32", "--dtype", "f32", "-q"],
@@ -40,7 +41,8 @@ def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             main([str(a) for a in args])
         except SystemExit as exc:  # pragma: no cover - only on failure
             assert not exc.code
-    return {k: base / k for k in ("src", "q", "fp32", "mx", "mxr", "q-f32", "mx-f32", "mxr-f32")}
+    names = ("src", "q", "fp32", "mx", "mxr", "mxs", "q-f32", "mx-f32", "mxr-f32")
+    return {k: base / k for k in names}
 
 
 def test_relayout_dequantizes_to_exactly_the_source_values(ckpts: dict[str, Path]) -> None:
@@ -56,7 +58,7 @@ def test_canonical_relayout_is_ue8m0_quantize_of_the_values(ckpts: dict[str, Pat
     for name in FP8:
         want = ue8m0.quantize(ref[name], block=(1, 32), scale_rule="rceil")
         np.testing.assert_array_equal(mx[name].view(np.uint8), want.codes, err_msg=name)
-        scale = mx[name + "_scale_inv"]
+        scale = mx[name + "_scale"]
         assert scale.dtype == np.uint8 and scale.shape == want.scale_codes.shape
         np.testing.assert_array_equal(scale, want.scale_codes, err_msg=name)
 
@@ -66,7 +68,34 @@ def test_repeat_relayout_copies_elements_and_repeats_scale_bytes(ckpts: dict[str
     for name in FP8:
         np.testing.assert_array_equal(mxr[name].view(np.uint8), q[name].view(np.uint8))
         want = mx_relayout(as_codes(q[name + "_scale_inv"]), q[name].shape)
-        np.testing.assert_array_equal(mxr[name + "_scale_inv"], want, err_msg=name)
+        np.testing.assert_array_equal(mxr[name + "_scale"], want, err_msg=name)
+
+
+def test_engine_sglang_writes_the_same_bytes_under_weight_scale_inv(
+    ckpts: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """vLLM reads MXFP8 scales as ``weight_scale`` (the default), SGLang and transformers as
+    ``weight_scale_inv``: the two outputs differ in the scale names only, and ``verify``'s
+    loader table says which engine reads which."""
+    mx, mxs = all_tensors(ckpts["mx"]), all_tensors(ckpts["mxs"])
+    renamed = {k.replace(".weight_scale", ".weight_scale_inv"): v for k, v in mx.items()}
+    assert sorted(renamed) == sorted(mxs)
+    for name, value in mxs.items():
+        np.testing.assert_array_equal(value.view(np.uint8), renamed[name].view(np.uint8), name)
+    configs = [json.loads((ckpts[k] / "config.json").read_text()) for k in ("mx", "mxs")]
+    assert configs[0] == configs[1]
+    want = {
+        "mx": {"vllm": "loads", "sglang": "refuses", "transformers": "misreads"},
+        "mxs": {"vllm": "refuses", "sglang": "loads", "transformers": "loads"},
+    }
+    for case, verdicts in want.items():
+        code, out, _ = run_cli(["verify", ckpts[case], "--json"], capsys)
+        table = json.loads(out)["engines"]
+        assert code == 0 and {e: table[e]["verdict"] for e in verdicts} == verdicts, case
+        code, out, _ = run_cli(["inspect", ckpts[case], "--json"], capsys)
+        title = json.loads(out)["format"]
+        assert code == 0
+        assert title.startswith("MXFP8 for " + ("vLLM" if case == "mx" else "SGLang")), title
 
 
 def test_mxfp8_config_verify_and_inspect(

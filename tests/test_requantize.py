@@ -234,8 +234,8 @@ def test_quantize_other_formats(
     want = ue8m0.quantize(src[name], block=block, scale_search="mse")
     np.testing.assert_array_equal(got[name].view(np.uint8), want.codes)
     if fmt == "mxfp8":
-        np.testing.assert_array_equal(got[name + "_scale_inv"], want.scale_codes)
-        assert got[name + "_scale_inv"].dtype == np.uint8
+        np.testing.assert_array_equal(got[name + "_scale"], want.scale_codes)
+        assert got[name + "_scale"].dtype == np.uint8
     else:
         np.testing.assert_array_equal(got[name + "_scale"], want.scale)
     assert run_cli(["verify", out, "--against", ckpts["src"], "-q"], capsys)[0] == 0

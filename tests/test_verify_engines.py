@@ -153,11 +153,22 @@ def test_a_v4_checkpoint_without_expert_dtype_is_misread_by_vllm(
     assert _verdicts(_verify(ok, capsys)[1])["vllm"] == "loads"
 
 
-def test_mxfp8_with_sglangs_scale_names_is_refused_by_vllm(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("engine", "want"),
+    [
+        ("vllm", {"vllm": "loads", "sglang": "refuses", "transformers": "misreads"}),
+        ("sglang", {"vllm": "refuses", "sglang": "loads", "transformers": "loads"}),
+    ],
+)
+def test_mxfp8_scale_names_per_engine(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], engine: str, want: dict[str, str]
 ) -> None:
-    """vLLM reads serialized MXFP8 with weight_scale (measured in tests/test_vllm_cpu.py)."""
-    _, result = _verify(_quantized(tmp_path, capsys, "--format", "mxfp8"), capsys)
-    verdicts = _verdicts(result)
-    assert verdicts["vllm"] == "refuses" and verdicts["sglang"] == "loads"
-    assert "weight_scale_inv is an unknown parameter" in str(result["engines"]["vllm"])
+    """vLLM reads serialized MXFP8 with weight_scale (measured in tests/test_vllm_cpu.py),
+    SGLang and transformers with weight_scale_inv (transformers measured in
+    tests/test_checkpoint_transformers.py): ``--engine`` picks the form, verify names who
+    reads it."""
+    ckpt = _quantized(tmp_path, capsys, "--format", "mxfp8", "--engine", engine)
+    _, result = _verify(ckpt, capsys)
+    assert {e: v for e, v in _verdicts(result).items() if e in want} == want
+    unknown = "weight_scale_inv is unknown" if engine == "sglang" else "weight_scale is not a"
+    assert unknown in str(result["engines"]["vllm" if engine == "sglang" else "sglang"])

@@ -4,8 +4,7 @@ and its prompt logprobs equal transformers' on ``ue8m0 dequantize`` of the same 
 
 Every checkpoint is loaded in one vLLM process (tests/vllm_runner.py); transformers runs here.
 Each case also checks that ``ue8m0 verify --engine vllm`` predicts what vLLM really did
-(loads / refuses / misreads). Cases named ``test_known_gap_*`` assert today's wrong behaviour
-exactly: flip them when it is fixed. Nothing here skips: without the vLLM venv the tests fail.
+(loads / refuses / misreads). Nothing here skips: without the vLLM venv the tests fail.
 
 On CPUs without AMX (vLLM's CPU FP8 block kernels need it) the runner registers a W8A16
 dequantize-then-BF16-matmul kernel after vLLM's own ones; each result names the kernel used."""
@@ -46,6 +45,7 @@ QUANTIZED: dict[str, tuple[str, list[str]]] = {
     "u8": ("llama", ["--scale-dtype", "u8", "--not-for-serving"]),
     "e5m2": ("llama", ["--fmt", "e5m2", "--not-for-serving"]),
     "mxfp8": ("llama", ["--format", "mxfp8"]),
+    "mxfp8_sglang": ("llama", ["--format", "mxfp8", "--engine", "sglang"]),
 }
 #: the linears of the tiny models after vLLM fuses them: qkv, o, gate_up, down per layer
 FUSED_LINEARS = 8
@@ -74,18 +74,6 @@ def _split_qkv(src: Path, fp8: Path, dst: Path) -> Path:
         qc["modules_to_not_convert"].append(module)
         qc["ignored_layers"].append(module)
     return _save_copy(fp8, dst, tensors, config, save_file)
-
-
-def _vllm_names(fp8: Path, dst: Path) -> Path:
-    """``fp8`` (the MXFP8 output) with each ``X.weight_scale_inv`` renamed ``X.weight_scale``:
-    the names vLLM's serialized-MXFP8 loader reads."""
-    from safetensors.torch import load_file, save_file
-
-    tensors = {
-        k.replace(".weight_scale_inv", ".weight_scale"): v
-        for k, v in load_file(str(fp8 / "model.safetensors")).items()
-    }
-    return _save_copy(fp8, dst, tensors, json.loads((fp8 / "config.json").read_text()), save_file)
 
 
 def _save_copy(
@@ -118,7 +106,6 @@ def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         out["dq_" + name] = root / f"dq_{name}"
         _cli("dequantize", out[name], out["dq_" + name], "-q")
     out["split_qkv"] = _split_qkv(sources["llama"], out["default"], root / "split_qkv")
-    out["mxfp8_vllm_names"] = _vllm_names(out["mxfp8"], root / "mxfp8_vllm_names")
     return out
 
 
@@ -226,27 +213,28 @@ def test_vllm_misreads_what_quantize_refuses_for_serving(
     assert code == 2 and "vLLM" in stderr and "--not-for-serving" in stderr
 
 
-def test_known_gap_mxfp8_scales_are_named_for_sglang_not_vllm(
+def test_vllm_loads_mxfp8_and_computes_what_dequantize_computes(
     runs: Runs, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Today ``--format mxfp8`` writes ``weight_scale_inv`` (SGLang's name); vLLM 0.32 reads
-    ``quant_method: mxfp8`` with its ModelOpt MXFP8 loader, which wants ``weight_scale``, and
-    refuses the checkpoint, and verify predicts that refusal. Flip when --format mxfp8 writes
-    vLLM's form."""
-    result = runs.vllm["mxfp8"]
+    """``--format mxfp8`` writes vLLM's form: ``weight_scale`` (U8, [out, in/32]), the skip list
+    under ``ignored_layers``; vLLM's ``EmulationMxfp8LinearKernel`` (registered for CPU: vLLM
+    has no CPU MXFP8 kernel) computes it."""
+    assert runs.error("mxfp8") < TOL
+    assert runs.vllm["mxfp8"]["kernels"] == {"EmulationMxfp8LinearKernel": FUSED_LINEARS}
+    methods = runs.vllm["mxfp8"]["linear_methods"]
+    # lm_head stays BF16 (vLLM reads the exclusion from ignored_layers)
+    assert methods["ModelOptLinearMethod"] == FUSED_LINEARS, methods
+    assert methods["UnquantizedLinearMethod"] == 1, methods
+    assert _verify_vllm(runs.ckpts["mxfp8"], capsys) == "loads"
+
+
+def test_vllm_refuses_mxfp8_in_sglangs_form(runs: Runs, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--engine sglang`` names the scales ``weight_scale_inv``, as SGLang and transformers
+    read them; vLLM 0.32's ModelOpt MXFP8 loader refuses the name, as verify predicts."""
+    result = runs.vllm["mxfp8_sglang"]
     assert not result["ok"]
     assert result["error"].startswith(
         "ValueError: There is no module or parameter named "
         "'layers.0.mlp.down_proj.weight_scale_inv' in LlamaModel."
     )
-    assert _verify_vllm(runs.ckpts["mxfp8"], capsys) == "refuses"
-
-
-def test_mxfp8_under_vllms_scale_name_loads_and_computes_what_dequantize_computes(
-    runs: Runs,
-) -> None:
-    """The form item 4 should write for vLLM: our MXFP8 output with the scales renamed
-    ``weight_scale`` (U8, [out, in/32]), the skip list under ``ignored_layers``; vLLM's
-    ``EmulationMxfp8LinearKernel`` (registered for CPU) computes it."""
-    assert runs.error("mxfp8_vllm_names", against="dq_mxfp8") < TOL
-    assert runs.vllm["mxfp8_vllm_names"]["kernels"] == {"EmulationMxfp8LinearKernel": FUSED_LINEARS}
+    assert _verify_vllm(runs.ckpts["mxfp8_sglang"], capsys) == "refuses"

@@ -177,19 +177,27 @@ def e5m2_as_e4m3(f: Facts) -> Iterator[Finding]:
 
 
 def mxfp8_scale_names(f: Facts) -> Iterator[Finding]:
-    """Serialized MXFP8 with SGLang's scale names: vLLM reads ``quant_method mxfp8`` through its
-    ModelOpt MXFP8 loader (``quantization/modelopt.py``), whose layers take ``weight_scale``."""
+    """Serialized MXFP8 under the scale name another engine reads. vLLM reads ``quant_method
+    mxfp8`` with its ModelOpt MXFP8 loader (``quantization/modelopt.py``), whose layers take
+    ``weight_scale`` (a ``weight_scale_inv`` is an unknown parameter). SGLang's FP8 method with
+    ``use_mxfp8`` registers ``weight_scale_inv`` (``srt/layers/quantization/fp8.py``): a
+    ``weight_scale`` of a fused layer raises a KeyError in its Llama ``load_weights``.
+    transformers 5.24 (``mxfp8`` -> its fine-grained FP8 quantizer) loads ``weight_scale_inv``
+    and drops ``weight_scale`` as an unexpected key, keeping its own initial scales: measured,
+    logits off by about 2 on a tiny Llama."""
     if f.quant_method != MXFP8.quant_method:
         return
-    named = [w.name for w in f.pairs.weights.values() if w.scale.endswith("_scale_inv")]
-    if named:
-        yield Finding(
-            "vllm",
-            REFUSES,
-            "quant_method mxfp8 is read by vLLM's ModelOpt MXFP8 loader, which loads weight_scale: "
-            "weight_scale_inv is an unknown parameter",
-            _named(named),
-        )
+    weights = f.pairs.weights.values()
+    inv = [w.name for w in weights if w.scale.endswith("_scale_inv")]
+    plain = [w.name for w in weights if w.scale.endswith(".weight_scale")]
+    if inv:
+        why = "vLLM's MXFP8 loader (ModelOpt) takes weight_scale: weight_scale_inv is unknown"
+        yield Finding("vllm", REFUSES, why, _named(inv))
+    if plain:
+        why = "SGLang's MXFP8 layers take weight_scale_inv: weight_scale is not a parameter"
+        yield Finding("sglang", REFUSES, why, _named(plain))
+        why = "transformers reads MXFP8 scales as weight_scale_inv and drops weight_scale"
+        yield Finding("transformers", MISREADS, why, _named(plain))
 
 
 def missing_expert_dtype(f: Facts) -> Iterator[Finding]:

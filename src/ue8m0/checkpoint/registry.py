@@ -31,6 +31,9 @@ FP4 = "e2m1"
 #: safetensors tags packed FP4 weights are stored under
 FP4_TAGS = ("I8", "U8")
 
+#: the serving engines a layout can be written for (``--engine``)
+SERVING_ENGINES = ("vllm", "sglang", "transformers")
+
 #: the MX group: one scale per 32 elements of a row
 MX_BLOCK = (1, 32)
 #: the DeepSeek / DeepGEMM weight block
@@ -92,8 +95,9 @@ def _fp8_config(
     layout: Layout, fmt: str, block: tuple[int, int], ue8m0: bool, not_converted: list[str]
 ) -> dict[str, Any]:
     """The DeepSeek-V3.1 ``quantization_config`` (``quant_method fp8``) that transformers, vLLM
-    and SGLang read; MXFP8 is the same shape with ``quant_method mxfp8`` and 1x32 blocks (as
-    SGLang reads it and miles' ``convert_hf_to_mxfp8`` writes it)."""
+    and SGLang read; MXFP8 is the same shape with ``quant_method mxfp8`` and 1x32 blocks (vLLM
+    reads it as MiniMax-style ModelOpt MXFP8, SGLang and transformers as their FP8 method with
+    ``use_mxfp8``; miles' ``convert_hf_to_mxfp8`` writes it)."""
     config: dict[str, Any] = {
         "quant_method": layout.quant_method,
         "fmt": fmt,
@@ -157,11 +161,15 @@ def _v4_config(
 
 
 #: what DeepSeek-V4 releases keep in high precision (from their tensor dtypes): besides the
-#: common list, the output head ``head.weight`` and the attention compressors (BF16)
+#: common list, the output head ``head.weight`` and the attention compressors (BF16); V4.1
+#: (and V4-Flash-Vision-Exp) also the vision tower and its aligner, the indexer's key
+#: projection ``attn.indexer.wk`` and DSpark's confidence head (BF16 / F32)
 V4_KEEP: tuple[tuple[re.Pattern[str], str], ...] = (
     *DEFAULT_KEEP,
     (re.compile(r"(^|\.)head\.weight$"), "output head"),
     (re.compile(r"\.compressor\."), "kept by DeepSeek-V4 (BF16 compressor)"),
+    (re.compile(r"^(vision|aligner)\."), "vision tower (BF16 in DeepSeek-V4.1)"),
+    (re.compile(r"\.indexer\.wk\.|\.confidence_head\."), "kept by DeepSeek-V4.1 (BF16/F32)"),
 )
 
 
@@ -207,6 +215,13 @@ class Layout:
     #: ``(option, value, why)``: what its serving loaders (vLLM, SGLang) misread; refused
     #: unless the output is declared not for serving
     misreads: tuple[tuple[str, str, str], ...] = ()
+    #: the serving engines that read it (``--engine`` picks among a layout's variants)
+    engines: tuple[str, ...] = SERVING_ENGINES
+    #: the layout this is a variant of, for other engines (not a ``--format`` name itself)
+    variant_of: str | None = None
+    #: recognised only under its own ``quant_method`` (variants that share one tell apart by
+    #: their scale names)
+    needs_method: bool = False
 
     @property
     def default_scale_dtype(self) -> str:
@@ -283,6 +298,8 @@ class Layout:
         this layout."""
         if self.fixed_block and blocks != {self.block}:
             return False
+        if self.needs_method and quant_method != self.quant_method:
+            return False
         if self.method_is_unique and quant_method == self.quant_method:
             return True
         return any(self.is_scale_name(n) for n in scale_names)
@@ -321,14 +338,36 @@ COMPRESSED_TENSORS = Layout(
 )
 MXFP8 = Layout(
     name="mxfp8",
-    title="MXFP8 (1x32 groups, power-of-two scales)",
+    title="MXFP8 for vLLM (1x32 groups, weight_scale)",
+    quant_method="mxfp8",
+    scale_suffix="_scale",
+    scale_dtypes=("u8",),
+    block=MX_BLOCK,
+    fixed_block=True,
+    power_of_two=True,
+    needs_method=True,
+    engines=("vllm",),
+    notes=(
+        "vLLM reads quant_method mxfp8 with its ModelOpt MXFP8 loader: U8 weight_scale, "
+        "exclusions from ignored_layers",
+    ),
+)
+MXFP8_SGLANG = Layout(
+    name="mxfp8-sglang",
+    title="MXFP8 for SGLang and transformers (1x32 groups, weight_scale_inv)",
     quant_method="mxfp8",
     scale_suffix="_scale_inv",
     scale_dtypes=("u8",),
     block=MX_BLOCK,
     fixed_block=True,
     power_of_two=True,
-    method_is_unique=True,
+    needs_method=True,
+    engines=("sglang", "transformers"),
+    variant_of=MXFP8.name,
+    notes=(
+        "SGLang's and transformers' FP8 methods read quant_method mxfp8 with U8 "
+        "weight_scale_inv; vLLM refuses the name",
+    ),
 )
 DEEPSEEK_V4 = Layout(
     name="deepseek-v4",
@@ -347,7 +386,7 @@ DEEPSEEK_V4 = Layout(
 )
 
 #: every layout, in the order detection asks them (the most specific first)
-LAYOUTS: tuple[Layout, ...] = (MXFP8, COMPRESSED_TENSORS, DEEPSEEK_V4, DEEPSEEK)
+LAYOUTS: tuple[Layout, ...] = (MXFP8, MXFP8_SGLANG, COMPRESSED_TENSORS, DEEPSEEK_V4, DEEPSEEK)
 _BY_NAME = {layout.name: layout for layout in LAYOUTS}
 
 
@@ -361,15 +400,30 @@ def get_layout(name: str | Layout) -> Layout:
     return found
 
 
+def layout_for(name: str | Layout, engine: str | None) -> Layout:
+    """The variant of layout ``name`` that ``engine`` reads (``name`` itself for None)."""
+    base = get_layout(name)
+    if engine is None:
+        return base
+    if engine not in SERVING_ENGINES:
+        raise OptionError("engine", f"unknown {engine!r}; known: {', '.join(SERVING_ENGINES)}")
+    family = [lay for lay in LAYOUTS if base.name in (lay.name, lay.variant_of)]
+    found = next((lay for lay in family if engine in lay.engines), None)
+    if found is None:
+        raise OptionError("engine", f"{engine} reads no form of {base.title}")
+    return found
+
+
 def layout_names(
     *, writable: bool = True, fixed_block: bool | None = None, fp4_experts: bool = True
 ) -> list[str]:
-    """Layout names for option choices: the writable ones, optionally by fixed block and
-    without the layouts that hold FP4 experts."""
+    """Layout names for option choices: the writable ones (not engine variants), optionally by
+    fixed block and without the layouts that hold FP4 experts."""
     return [
         layout.name
         for layout in sorted(LAYOUTS, key=lambda lay: (lay is not DEEPSEEK, lay.name))
-        if (layout.writable or not writable)
+        if layout.variant_of is None
+        and (layout.writable or not writable)
         and (fixed_block is None or layout.fixed_block == fixed_block)
         and (fp4_experts or layout.fp4_experts is None)
     ]

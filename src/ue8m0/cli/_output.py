@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import click
 
 from ue8m0.checkpoint.progress import Progress
+from ue8m0.checkpoint.registry import SERVING_ENGINES
 from ue8m0.policies import DEFAULT_EPS, ScaleSearch
 from ue8m0.printable import printable
 
@@ -89,6 +90,18 @@ def eps_option(func: F) -> F:
         default=DEFAULT_EPS,
         show_default=True,
         help=f"Lower bound on each block's amax (DeepSeek, DeepGEMM: {DEFAULT_EPS:g}).",
+    )(func)
+
+
+def engine_option(func: F) -> F:
+    """``--engine``: the serving engine the output is for, where engines read a layout in
+    different forms (MXFP8: vLLM ``weight_scale``, SGLang and transformers ``weight_scale_inv``)."""
+    return click.option(
+        "--engine",
+        type=click.Choice(list(SERVING_ENGINES)),
+        default=None,
+        help="The engine the output is for, where engines read the layout differently "
+        "(mxfp8: vllm weight_scale, sglang/transformers weight_scale_inv) [vllm].",
     )(func)
 
 

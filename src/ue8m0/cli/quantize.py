@@ -7,10 +7,11 @@ from pathlib import Path
 import click
 
 from ue8m0.checkpoint.options import EXPERT_DTYPES
-from ue8m0.checkpoint.registry import DEEPSEEK, FMTS, layout_names
+from ue8m0.checkpoint.registry import DEEPSEEK, FMTS, layout_for, layout_names
 from ue8m0.checkpoint.scales import SCALE_DTYPES
 from ue8m0.cli._output import (
     echo_json,
+    engine_option,
     eps_option,
     run_options,
     run_or_print_plan,
@@ -29,7 +30,8 @@ Examples:
   ue8m0 quantize SRC DST --include 'lm_head' --include 'proj'
   ue8m0 quantize SRC DST --scale-search mse          # per block, the better of 2 exponents
   ue8m0 quantize SRC DST --format compressed-tensors # weight_scale, config_groups (block)
-  ue8m0 quantize SRC DST --format mxfp8              # 1x32 groups, U8 scales
+  ue8m0 quantize SRC DST --format mxfp8              # 1x32 groups, U8 scales (vLLM)
+  ue8m0 quantize SRC DST --format mxfp8 --engine sglang  # ... SGLang/transformers names
   ue8m0 quantize V4-BF16 DST --format deepseek-v4    # V4 release layout: FP4 experts, E8M0
 
 \b
@@ -47,8 +49,10 @@ blocks).
 F8_E8M0 <module>.scale (128x128, rceil), routed experts packed FP4 (DeepSeek-V4's FP4 rule, one
 F8_E8M0 scale per 32 inputs; --experts fp8 keeps them FP8), expert_dtype in config.json.
 --format compressed-tensors writes X.weight_scale (F32) and a float-quantized config_groups
-config (strategy block, block_structure); --format mxfp8 writes 1x32 groups with U8 biased-exponent
-X.weight_scale_inv and quant_method mxfp8 (as SGLang reads MXFP8).
+config (strategy block, block_structure). --format mxfp8 writes 1x32 groups with U8
+biased-exponent scales and quant_method mxfp8; engines name the scale differently: vLLM reads
+X.weight_scale (the default), SGLang and transformers X.weight_scale_inv (--engine sglang or
+--engine transformers); each refuses or misreads the other's name.
 Rerunning into the same DST resumes; other parameters are refused. A run that would convert no
 tensor is an error (--allow-empty writes the copy), and so is a source whose config.json
 already declares another quantization (--replace-quantization-config replaces it).
@@ -73,6 +77,7 @@ already declares another quantization (--replace-quantization-config replaces it
     show_default=True,
     help="Output layout.",
 )
+@engine_option
 @click.option(
     "--block", default=None, help="Block shape ROWSxCOLS [the layout's: 128x128; 1x32 for mxfp8]."
 )
@@ -145,6 +150,7 @@ def quantize(
     dst: Path,
     fmt: str,
     out_format: str,
+    engine: str | None,
     block: str | None,
     scale_rule: str,
     scale_search: str,
@@ -179,7 +185,7 @@ def quantize(
         include=include,
         exclude=exclude,
         pad_partial=pad_partial,
-        layout=out_format,
+        layout=layout_for(out_format, engine).name,
         scale_search=scale_search,
         experts=experts,
         not_for_serving=not_for_serving,

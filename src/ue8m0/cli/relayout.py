@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from ue8m0.checkpoint.options import RELAYOUT_SCALES
-from ue8m0.checkpoint.registry import MXFP8, layout_names
-from ue8m0.cli._output import eps_option, report_option, run_options
+from ue8m0.checkpoint.registry import DEEPSEEK_V4, MXFP8, layout_for, layout_names
+from ue8m0.cli._output import engine_option, eps_option, report_option, run_options
 from ue8m0.cli.params import SOURCE
 from ue8m0.cli.requantize import run_fp8_command
 
@@ -17,14 +17,17 @@ EXAMPLES = """
 Examples:
   ue8m0 relayout ./DeepSeek-V3.1 ./DeepSeek-V3.1-MXFP8 --to mxfp8 --workers 8
   ue8m0 relayout SRC DST --to mxfp8 --scales repeat
+  ue8m0 relayout SRC DST --to mxfp8 --engine sglang  # weight_scale_inv (SGLang, transformers)
   ue8m0 relayout SRC DST --to mxfp8 --dry-run     # which tensors are lossless
   ue8m0 relayout ./DeepSeek-V4-Flash ./DeepSeek-V4-Flash-FP8 --to fp8 --workers 2
   ue8m0 relayout SRC DST --to fp8 --strict --json # refuse if any tile would change
 
 \b
-Writes 1x32 groups along the input dim: X.weight F8_E4M3 and X.weight_scale_inv U8 biased
-exponents [N, ceil(K/32)], config quant_method mxfp8, weight_block_size [1, 32], scale_fmt
-ue8m0 (as SGLang and miles' convert_hf_to_mxfp8 write MXFP8). Lossless where the source scales
+Writes 1x32 groups along the input dim: X.weight F8_E4M3 and U8 biased-exponent scales
+[N, ceil(K/32)], config quant_method mxfp8, weight_block_size [1, 32], scale_fmt ue8m0. The
+scales are X.weight_scale, as vLLM reads MXFP8, or with --engine sglang (or transformers)
+X.weight_scale_inv, as SGLang and transformers read it and miles' convert_hf_to_mxfp8 writes
+it; each engine refuses or misreads the other's name. Lossless where the source scales
 are powers of two: by default each group gets its canonical rceil scale (identical to
 ue8m0.quantize(dequantized, block=(1, 32)), checked value by value); --scales repeat copies the
 element bytes and repeats each source scale byte. Tensors whose scales are not powers of two
@@ -55,6 +58,7 @@ FP8_REPACK = "fp8"
     show_default=True,
     help="Target: mxfp8 (from UE8M0 FP8) or fp8 (DeepSeek-V4's FP4 experts to FP8).",
 )
+@engine_option
 @click.option("--strict", is_flag=True, help="--to fp8: refuse when any tile would change.")
 @click.option(
     "--scales",
@@ -70,6 +74,7 @@ def relayout(
     src: Path,
     dst: Path,
     to: str,
+    engine: str | None,
     scales: str,
     strict: bool,
     eps: float,
@@ -86,9 +91,11 @@ def relayout(
 
     opts: Fp8Options | Fp4RepackOptions
     if to == FP8_REPACK:
+        layout_for(DEEPSEEK_V4, engine)  # every engine reads the V4 layout: only checks the name
         opts = Fp4RepackOptions(strict=strict).validated()
     else:
-        opts = Fp8Options(layout=to, scale_dtype="u8", eps=eps, scales=scales).validated()
+        layout = layout_for(to, engine).name
+        opts = Fp8Options(layout=layout, scale_dtype="u8", eps=eps, scales=scales).validated()
     run_fp8_command(
         ("relayout", opts), src, dst, (report_path, top, verbose), dry_run, workers, quiet, as_json
     )
