@@ -6,18 +6,30 @@ from __future__ import annotations
 from ue8m0.checkpoint.options import DEQUANT_DTYPES, DequantizeOptions
 from ue8m0.checkpoint.pairs import Fp8Weight, pair_fp8_weights
 from ue8m0.checkpoint.plan import Plan, ShardPlan, Task, copy_task
-from ue8m0.checkpoint.registry import without_quantization
+from ue8m0.checkpoint.registry import DEEPSEEK_V4, without_quantization
 from ue8m0.checkpoint.source import Checkpoint
 from ue8m0.checkpoint.writer import OutSpec
 from ue8m0.errors import CheckpointError
+
+
+def undeclared_block(w: Fp8Weight, declared: tuple[int, int] | None) -> bool:
+    """Whether ``w``'s scale grid fits its weight only with a block the checkpoint does not
+    declare (``weight_block_size``): such a weight would be read with a block nobody wrote down,
+    and a grid that divides evenly is read with a wrong one silently. Two kinds keep their own
+    block: packed FP4 experts (one scale per 32 inputs) and, in the DeepSeek-V4 layout, one
+    scale per row per ``declared[1]`` inputs -- DeepSeek-V4.1's Engram tables
+    (``layers.L.engram.embed.weight`` F8_E4M3 ``[rows, 256]`` with ``.scale`` F8_E8M0 ``[rows,
+    8]`` under ``weight_block_size [32, 32]``; sources in docs/deepseek-v4.md)."""
+    if declared is None or w.block == declared or w.packed:
+        return False
+    return not (w.block == (1, declared[1]) and DEEPSEEK_V4.is_scale_name(w.scale))
 
 
 def _fp8_weights(ckpt: Checkpoint) -> list[Fp8Weight]:
     """Every FP8 weight with its scale; refused (one line): a weight without a usable scale, a
     checkpoint without FP8 weights (nothing to dequantize: as ``requantize`` refuses it), and a
     scale grid that fits the weight only with another block than the configured
-    ``weight_block_size`` (the dequantized values would use a block the checkpoint does not
-    declare)."""
+    ``weight_block_size`` (:func:`undeclared_block`)."""
     pairs = pair_fp8_weights(ckpt)
     if pairs.problems:
         raise pairs.problems[0].error(ckpt)
@@ -26,7 +38,7 @@ def _fp8_weights(ckpt: Checkpoint) -> list[Fp8Weight]:
             ckpt.root, "no FP8 weights: nothing to dequantize (the checkpoint is high precision)"
         )
     for w in pairs.weights.values():
-        if pairs.declared is not None and w.block != pairs.declared and not w.packed:
+        if pairs.declared is not None and undeclared_block(w, pairs.declared):
             info, scale = ckpt.tensors[w.name], ckpt.tensors[w.scale]
             raise CheckpointError(
                 ckpt.path(ckpt.weight_map[w.name]),

@@ -12,7 +12,7 @@ from ue8m0.checkpoint.options import Fp4RepackOptions
 from ue8m0.checkpoint.pairs import find_fp8_weights
 from ue8m0.checkpoint.plan import Plan, ShardPlan, Task, copy_task
 from ue8m0.checkpoint.registry import DEFAULT_BLOCK
-from ue8m0.checkpoint.scales import scale_grid
+from ue8m0.checkpoint.scales import config_block, scale_grid
 from ue8m0.checkpoint.source import Checkpoint
 from ue8m0.checkpoint.writer import OutSpec
 from ue8m0.errors import CheckpointError
@@ -31,10 +31,21 @@ def _repacked_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def plan_fp4_repack(ckpt: Checkpoint, opts: Fp4RepackOptions) -> Plan:
-    """Plan ``relayout --to fp8`` with validated ``opts``."""
+    """Plan ``relayout --to fp8`` with validated ``opts``. Refused (one line) for a checkpoint
+    that declares another ``weight_block_size`` than 128x128: DeepSeek-V4.1 declares ``[32,
+    32]`` and its ``inference/model.py`` reads every FP8 weight in 32x32 blocks, so 128x128 FP8
+    experts would not load, and the tile of V4.1's own FP4 -> FP8 cast is not confirmed."""
     weights = {n: w for n, w in find_fp8_weights(ckpt).items() if w.packed}
     if not weights:
         raise CheckpointError(ckpt.root, "no packed FP4 weights (expert_dtype fp4) to repack")
+    declared = config_block(ckpt.config)
+    if declared not in (None, DEFAULT_BLOCK):
+        raise CheckpointError(
+            ckpt.root / "config.json",
+            f"relayout --to fp8 writes DeepSeek-V4's 128x128 FP8 experts, but config.json "
+            f"declares weight_block_size {list(declared)} (DeepSeek-V4.1: its loaders read every "
+            "FP8 weight in those blocks); not supported",
+        )
     consumed = {w.scale: name for name, w in weights.items()}
     shards = []
     for shard in ckpt.shards:

@@ -6,6 +6,7 @@ table or JSON and exit non-zero when any failed. Data is read in slabs, as when 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,10 @@ from ue8m0.api import QuantizedTensor, dequantize
 from ue8m0.checkpoint.fp8source import Fp8Reader
 from ue8m0.checkpoint.jsonio import load_json
 from ue8m0.checkpoint.pairs import Fp8Weight, pair_fp8_weights, read_scale
+from ue8m0.checkpoint.plan_dequantize import undeclared_block
 from ue8m0.checkpoint.registry import FMT_OF_TAG, element_fmt, is_scale_name, module_of
 from ue8m0.checkpoint.safetensors import DTYPES, FLOAT_TAGS, FP8_TAGS
-from ue8m0.checkpoint.scales import is_power_of_two
+from ue8m0.checkpoint.scales import decode_scale, is_power_of_two
 from ue8m0.checkpoint.slabs import COPY_BYTES, copy_pieces, slabs
 from ue8m0.checkpoint.source import MANIFEST_NAME, Checkpoint, open_checkpoint
 from ue8m0.checkpoint.writer import file_checksum
@@ -139,7 +141,7 @@ def _scale_checks(ckpt: Checkpoint) -> tuple[list[Fp8Weight], list[Check]]:
         shapes.fail(problem.tensor, problem.reason)
     pairs: list[Fp8Weight] = []
     for w in found.weights.values():
-        if found.declared is not None and w.block != found.declared and not w.packed:
+        if undeclared_block(w, found.declared):
             sshape = list(ckpt.tensors[w.scale].shape)
             wshape = list(ckpt.tensors[w.name].shape)
             shapes.fail(
@@ -177,6 +179,22 @@ def _config_check(ckpt: Checkpoint, pairs: list[Fp8Weight]) -> Check:
     return check
 
 
+def stored_pieces(ckpt: Checkpoint, name: str) -> Iterator[np.ndarray]:
+    """Tensor ``name`` of ``ckpt`` as stored, flat, in pieces of at most ``COPY_BYTES`` (a
+    DeepSeek-V4.1 Engram table's scale alone is 3 GB of bytes, 12 GB decoded to float32)."""
+    info = ckpt.tensors[name]
+    step = max(COPY_BYTES // info.itemsize, 1) * info.itemsize
+    with ckpt.open(ckpt.weight_map[name]) as f:
+        for start, stop in copy_pieces(info.nbytes, step):
+            yield f.read_bytes(name, start, stop).view(DTYPES[info.dtype])
+
+
+def _scale_pieces(ckpt: Checkpoint, name: str) -> Iterator[np.ndarray]:
+    """Scale ``name`` as float32 dequant multipliers, in pieces (:func:`stored_pieces`)."""
+    tag = ckpt.tensors[name].dtype
+    return (decode_scale(piece, tag) for piece in stored_pieces(ckpt, name))
+
+
 def _pow2_check(ckpt: Checkpoint, pairs: list[Fp8Weight]) -> Check:
     qc = (ckpt.config or {}).get("quantization_config") or {}
     ue8m0 = isinstance(qc, dict) and qc.get("scale_fmt") == "ue8m0"
@@ -185,7 +203,8 @@ def _pow2_check(ckpt: Checkpoint, pairs: list[Fp8Weight]) -> Check:
         check.detail = "not declared (skipped)"
         return check
     for pair in pairs:
-        bad = int(np.count_nonzero(~is_power_of_two(read_scale(ckpt, pair.scale))))
+        pieces = _scale_pieces(ckpt, pair.scale)
+        bad = sum(int(np.count_nonzero(~is_power_of_two(piece))) for piece in pieces)
         if bad:
             check.fail(pair.scale, f"{bad} scales are not powers of two")
     check.detail = f"{len(pairs)} scale tensors"
@@ -195,7 +214,7 @@ def _pow2_check(ckpt: Checkpoint, pairs: list[Fp8Weight]) -> Check:
 def _finite_check(ckpt: Checkpoint, pairs: list[Fp8Weight]) -> Check:
     check = Check("no NaN/Inf in weights and scales")
     for pair in pairs:
-        if not np.isfinite(read_scale(ckpt, pair.scale)).all():
+        if not all(np.isfinite(piece).all() for piece in _scale_pieces(ckpt, pair.scale)):
             check.fail(pair.scale, "non-finite scale")
     for shard in ckpt.shards:
         with ckpt.open(shard) as f:
