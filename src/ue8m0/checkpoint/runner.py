@@ -18,27 +18,20 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import ml_dtypes
-import numpy as np
-
 from ue8m0 import kernels
-from ue8m0.api import QuantizedTensor, dequantize, quantize
 from ue8m0.checkpoint.convert import convert_shard
 from ue8m0.checkpoint.dstlock import acquire
 from ue8m0.checkpoint.manifest import Manifest, source_fingerprint
 from ue8m0.checkpoint.modelcard import CARD_NAME, write_card
-from ue8m0.checkpoint.options import DequantizeOptions, Fp8Options, Options, QuantizeOptions
-from ue8m0.checkpoint.plan import Plan, ShardPlan, Task
+from ue8m0.checkpoint.options import Options
+from ue8m0.checkpoint.plan import Plan, ShardPlan
 from ue8m0.checkpoint.preflight import check_plan
 from ue8m0.checkpoint.procpool import WorkerPool, worker_queue
 from ue8m0.checkpoint.progress import Progress, peak_rss_bytes
-from ue8m0.checkpoint.registry import FP4, MX_BLOCK, element_fmt
 from ue8m0.checkpoint.safetensors import DTYPES
 from ue8m0.checkpoint.source import INDEX_NAME, Checkpoint, check_destination
-from ue8m0.checkpoint.steps import KERNEL_STEPS
+from ue8m0.checkpoint.steps.warmup import WARM_UPS
 from ue8m0.checkpoint.writer import TMP_SUFFIX, copy_atomic, write_json_atomic
-from ue8m0.deepseek_v4 import AMAX_FLOOR
-from ue8m0.formats import FLOAT4_E2M1FN
 
 #: test-only hook: stop (sleep) after this many shards are recorded, to be killed mid-run
 STOP_AFTER_ENV = "UE8M0_TEST_STOP_AFTER_SHARDS"
@@ -228,45 +221,14 @@ def _warm_up(ckpt: Checkpoint, todo: list[ShardPlan], options: Options) -> None:
     with kernels.compile_only():
         for shard in todo:
             for task in shard.tasks:
-                if task.action not in KERNEL_STEPS:
+                if task.action not in WARM_UPS:
                     continue
                 info = ckpt.tensors[task.name]
                 key = (info.dtype, task.fmt, task.block)
                 if key in seen:
                     continue
                 seen.add(key)
-                _warm_task(DTYPES[info.dtype], task, options)
-
-
-def _warm_task(dtype: Any, task: Task, options: Options) -> None:
-    br, bc = tuple(task.block) if task.block else (1, 1)
-    x = np.zeros((2 * br, 2 * bc), dtype)
-    x.flags.writeable = False  # map_rows hands out read-only slabs
-    if task.action == "quantize_fp4":  # quantize_fp4_v4's kernel call (its packing is numpy)
-        quantize(x, MX_BLOCK, FLOAT4_E2M1FN, "rceil", AMAX_FLOOR)
-        return
-    if task.fmt == FP4:  # dequantized from unpacked (writable) codes
-        codes = np.zeros((2, 2 * bc), np.uint8).view(FLOAT4_E2M1FN.dtype)
-        q4 = QuantizedTensor.from_stored(
-            codes, np.ones((2, 2), np.float32), FLOAT4_E2M1FN, MX_BLOCK
-        )
-        as_bf16 = isinstance(options, DequantizeOptions) and options.dtype == "bf16"
-        dequantize(q4, ml_dtypes.bfloat16 if as_bf16 else np.float32)
-        return
-    if isinstance(options, QuantizeOptions):
-        # the plain rule (the MSE search runs in numpy)
-        el = element_fmt(options.fmt)
-        quantize(x, (br, bc), el, options.scale_rule, options.eps, options.nonfinite)
-        return
-    el = element_fmt(str(task.fmt))
-    q = QuantizedTensor.from_stored(x, np.ones((2, 2), np.float32), el, (br, bc))
-    as_bf16 = isinstance(options, DequantizeOptions) and options.dtype == "bf16"
-    dequantize(q, ml_dtypes.bfloat16 if as_bf16 else np.float32)
-    if isinstance(options, Fp8Options):
-        out_block = options.out_block((br, bc))
-        x32 = np.zeros((2 * out_block[0], 2 * out_block[1]), np.float32)
-        q32 = quantize(x32, out_block, el, options.scale_rule, options.eps, options.nonfinite)
-        dequantize(q32, np.float32)
+                WARM_UPS[task.action](DTYPES[info.dtype], task, options)
 
 
 def _drain(q: Any, progress: Progress, sizes: dict[str, int], started: set[str]) -> None:

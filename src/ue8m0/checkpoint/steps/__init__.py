@@ -24,7 +24,4 @@ STEPS: dict[str, Step] = {
     "quantize_fp4": quantize_fp4_step,
     "cast_fp4": cast_fp4_step,
 }
-#: the steps that run kernels (the workers' warm-up compiles what they call)
-KERNEL_STEPS = ("quantize", "dequantize", "requantize", "relayout", "quantize_fp4")
-
-__all__ = ["KERNEL_STEPS", "STEPS", "Step", "StepContext"]
+__all__ = ["STEPS", "Step", "StepContext"]
