@@ -11,6 +11,15 @@ member converted or every member kept, a partial last member converted, as the o
 DeepSeek-V3 checkpoint stores ``kv_a_proj_with_mqa`` (576 rows: a 5-row partial grid) beside an
 FP8 ``q_a_proj``.
 
+transformers v5 goes further for MoE experts: it loads every expert of a layer as **one** module
+(``mlp.experts.gate_up_proj`` / ``down_proj``, 3-D; with FP8, ``FP8Experts`` and one scale
+tensor for them all), and its skip list matches module names, so ``mlp.experts.3.gate_proj``
+never skips that module, only ``mlp.experts`` does. So all the expert weights of a layer (every
+expert, gate, up and down) are decided together too, and a layer kept whole is listed as
+``...experts`` in the skip list besides its per-expert modules; so is a layer whose experts the
+checkpoint already stacks (Llama 4's 3-D ``feed_forward.experts.gate_up_proj``, always kept).
+Measured: ``tests/test_transformers_fused_experts.py``, ``docs/loaders.md``.
+
 A family is recognised by ``config.json``'s ``model_type``; unknown families use the common
 name patterns (q/k/v, gate/up, w1/w3), which cover the fused layers of most decoder models.
 """
@@ -78,6 +87,9 @@ ARCHITECTURES: tuple[Architecture, ...] = (
 
 #: an MoE expert's projection: its intermediate dim never takes a partial block
 EXPERT = re.compile(r"\.experts\.\d+\.|\.experts\.")
+#: one expert's weight, and a 3-D parameter of stacked experts: group 1 is the fused module
+_PER_EXPERT = re.compile(r"^(.+\.experts)\.\d+\.[^.]+\.weight$")
+_STACKED_EXPERTS = re.compile(r"^(.+\.experts)\.[^.]+$")
 
 
 def architecture_of(config: dict[str, Any] | None) -> Architecture:
@@ -98,4 +110,15 @@ def group_of(arch: Architecture, module: str) -> tuple[str, FusedGroup] | None:
     for group in arch.groups:
         if leaf in group.members:
             return parent, group
+    return None
+
+
+def experts_module_of(name: str, shape: tuple[int, ...]) -> str | None:
+    """The fused-experts module transformers v5 loads tensor ``name`` into: one expert's 2-D
+    weight (``model.layers.0.mlp.experts.3.gate_proj.weight`` -> ``model.layers.0.mlp.experts``)
+    or stacked experts, 3-D (``model.layers.0.feed_forward.experts.gate_up_proj``); else None."""
+    if len(shape) == 2 and (found := _PER_EXPERT.match(name)):
+        return found.group(1)
+    if len(shape) == 3 and (found := _STACKED_EXPERTS.match(name)):
+        return found.group(1)
     return None

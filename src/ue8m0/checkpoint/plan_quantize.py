@@ -10,6 +10,7 @@ from ue8m0.checkpoint.architectures import (
     Architecture,
     FusedGroup,
     architecture_of,
+    experts_module_of,
     group_of,
 )
 from ue8m0.checkpoint.options import QuantizeOptions
@@ -106,6 +107,28 @@ def _fused_decisions(
                     decisions[m.name] = why
 
 
+def _expert_layer_decisions(infos: list[TensorInfo], decisions: dict[str, str | None]) -> list[str]:
+    """All the expert weights of one MoE layer decide together (transformers v5 loads them as one
+    module with one scale tensor: a mix is refused or misread, :mod:`.architectures`): if any is
+    kept, every one is. Returns the fused-experts modules kept whole, for the skip list."""
+    layers: dict[str, list[str]] = {}
+    for info in infos:
+        layer = experts_module_of(info.name, info.shape)
+        if layer is not None:
+            layers.setdefault(layer, []).append(info.name)
+    kept_whole = []
+    for layer, names in layers.items():
+        kept = [n for n in names if decisions[n] is not None]
+        if not kept:
+            continue
+        why = f"an expert of {layer} is kept ({module_of(kept[0])}: {decisions[kept[0]]})"
+        for name in names:
+            if decisions[name] is None:
+                decisions[name] = why
+        kept_whole.append(layer)
+    return kept_whole
+
+
 def _as_fp4(info: TensorInfo, opts: QuantizeOptions) -> bool:
     return opts.experts == "fp4" and opts.out_layout.is_fp4_expert(info.name)
 
@@ -154,8 +177,9 @@ def plan_quantize(
     el_tag = FMTS[opts.fmt][1]
     scale_tag = SCALE_DTYPES[opts.scale_dtype]
     decisions = {info.name: _quantize_decision(info, opts) for info in ckpt.tensors.values()}
-    _fused_decisions(list(ckpt.tensors.values()), decisions, opts, architecture_of(ckpt.config))
-    shards, kept_modules = [], []
+    infos = list(ckpt.tensors.values())
+    _fused_decisions(infos, decisions, opts, architecture_of(ckpt.config))
+    shards, kept_modules = [], _expert_layer_decisions(infos, decisions)
     for shard in ckpt.shards:
         tasks = []
         for info in ckpt.shard_tensors(shard):
