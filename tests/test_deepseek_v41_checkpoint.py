@@ -113,6 +113,45 @@ def test_dequantize_writes_bf16_equal_to_an_independent_decode(
     assert config == {k: v for k, v in RELEASE_CONFIG.items() if k != "quantization_config"}
 
 
+def test_dequantize_reads_each_scale_a_slab_at_a_time(
+    v41: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The release's Engram scale is 3 GB stored (12 GB as float32): dequantize reads a slab's
+    grid rows with the slab, never a whole 2-D scale (slabs of 4 rows here)."""
+    from ue8m0.checkpoint import slabs as slab_module
+    from ue8m0.checkpoint.safetensors import SafetensorsFile
+    from ue8m0.checkpoint.steps import dequantizing
+
+    def small(shape: Any, itemsize: int, block_rows: int) -> Any:
+        return slab_module.slabs(shape, itemsize, block_rows, target=4 * shape[-1] * itemsize)
+
+    scale_reads: list[tuple[str, int]] = []
+    read_rows, read = SafetensorsFile.read_rows, SafetensorsFile.read
+
+    def spy_rows(self: SafetensorsFile, name: str, lead: int, r0: int, r1: int) -> Any:
+        if name.endswith(".scale"):
+            scale_reads.append((name, r1 - r0))
+        return read_rows(self, name, lead, r0, r1)
+
+    def no_whole_scale(self: SafetensorsFile, name: str) -> Any:
+        assert not name.endswith(".scale"), f"{name} read whole"
+        return read(self, name)
+
+    monkeypatch.setattr(dequantizing, "slabs", small)
+    monkeypatch.setattr(SafetensorsFile, "read_rows", spy_rows)
+    monkeypatch.setattr(SafetensorsFile, "read", no_whole_scale)
+    dst = tmp_path / "f32"
+    code, _, err = run_cli(
+        ["dequantize", v41, dst, "-q", "--dtype", "f32", "--workers", "1"], capsys
+    )
+    assert code == 0, err
+    engram = [rows for name, rows in scale_reads if name == ENGRAM_LAYER + ".scale"]
+    assert len(engram) == -(-ENGRAM_ROWS // 4) and max(engram) == 4
+    got, src = all_tensors(dst), release_tensors()
+    for name in SCALED:
+        np.testing.assert_array_equal(got[name], decode(src, name).astype(np.float32), name)
+
+
 @pytest.mark.parametrize(
     ("grid", "block"),
     [((2, 1), "64x64 (square, undeclared)"), ((ENGRAM_ROWS, 1), "1x64 (a row group of 64)")],
