@@ -181,7 +181,7 @@ def _rewrite(fp8: Path, src: Path, dst: Path, keep: str, skips: list[str] | None
     """``fp8`` with the tensors matching ``keep`` put back in BF16 from ``src`` (their scales
     dropped) and ``skips`` (default: their modules) added to the skip lists: what a converter
     that decides per expert writes."""
-    shutil.copytree(fp8, dst)
+    shutil.copytree(fp8, dst, ignore=shutil.ignore_patterns(".ue8m0-*"))  # another converter's
     tensors, source = load_file(fp8 / "model.safetensors"), load_file(src / "model.safetensors")
     back = [n for n in source if re.search(keep, n) and n + "_scale_inv" in tensors]
     for name in back:
@@ -199,6 +199,13 @@ def _rewrite(fp8: Path, src: Path, dst: Path, keep: str, skips: list[str] | None
     return dst
 
 
+def _verify_transformers(path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """What ``ue8m0 verify --engine transformers`` says transformers does with ``path``."""
+    capsys.readouterr()
+    _, out, _ = run_cli(["verify", path, "--json", "--engine", "transformers"], capsys)
+    return str(json.loads(out)["engines"]["transformers"]["verdict"])
+
+
 # (a) every expert FP8: ue8m0's default output
 
 
@@ -213,6 +220,7 @@ def test_all_experts_fp8_load_as_the_dequantized_checkpoint(
     experts = [n for n in dtypes if ".experts." in n and n.endswith(".weight")]
     assert len(experts) == 2 * 4 * 3 and all(dtypes[n] == FP8 for n in experts)
     assert _expert_skips(q) == []
+    assert _verify_transformers(q, capsys) == "loads"
 
     model = _loads_as_dequantized(q, dq, monkeypatch)
     fused = [f"model.layers.{i}.mlp.experts" for i in (0, 1)]  # mixtral's renamed too
@@ -231,6 +239,7 @@ def test_one_expert_in_bf16_is_refused_on_both_paths(
     q = _quantize(qwen3_moe, tmp_path / "fp8", capsys)
     mixed = _rewrite(q, qwen3_moe, tmp_path / "mixed", r"layers\.0\.mlp\.experts\.3\.")
     assert _expert_skips(mixed) == [f"{L0}.3.{p}" for p in ("down_proj", "gate_proj", "up_proj")]
+    assert _verify_transformers(mixed, capsys) == "refuses"
     with _transformers_log() as log, pytest.raises(RuntimeError, match="automatic conversion"):
         _load(mixed)
     report = "\n".join(log)
@@ -262,6 +271,7 @@ def test_a_kept_layer_listed_per_expert_only_is_misread_on_the_gpu_path(
     q = _quantize(qwen3_moe, tmp_path / "fp8", capsys)
     kept = _rewrite(q, qwen3_moe, tmp_path / "kept", r"layers\.0\.mlp\.experts\.")
     assert len(_expert_skips(kept)) == 12 and L0 not in _expert_skips(kept)
+    assert _verify_transformers(kept, capsys) == "misreads"
     dq = _dequantize(kept, tmp_path / "dq", capsys)
     plain = _load(dq)
     torch.testing.assert_close(_logits(_load(kept)), _logits(plain), rtol=0, atol=0)
@@ -288,6 +298,7 @@ def test_the_experts_entry_of_a_mixed_layer_is_misread_on_the_gpu_path(
     q = _quantize(qwen3_moe, tmp_path / "fp8", capsys)
     down = r"layers\.0\.mlp\.experts\.\d+\.down_proj"
     mixed = _rewrite(q, qwen3_moe, tmp_path / "mixed", down, skips=[L0])
+    assert _verify_transformers(mixed, capsys) == "misreads"
     model, info = _fp8_modules(mixed, monkeypatch, output_loading_info=True)
     module = model.get_submodule(L0)
     assert not isinstance(module, FP8Experts) and module.gate_up_proj.dtype == torch.bfloat16

@@ -14,6 +14,8 @@ loaders do, each citing where that was read or measured:
   (concatenates ``q_a_proj`` and ``kv_a_proj_with_mqa``);
 * transformers 5.24, CPU: ``integrations/finegrained_fp8.py`` infers the block from the scale
   grid (a partial grid that divides the weight evenly is misread, one that does not raises);
+  an MoE layer's experts load as one module (``FP8Experts`` on a GPU, its loading code run on
+  CPU in the tests), with one scale tensor per projection; ``mxfp8`` reads ``weight_scale_inv``;
 * DeepSeek's own code: ``inference/generate.py`` loads strictly; ``fp8_cast_bf16.py`` reads
   scales with a Triton kernel that cannot take F8_E8M0 and then writes the FP8 weight unconverted.
 
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ue8m0.checkpoint.architectures import EXPERT, architecture_of, group_of
+from ue8m0.checkpoint.architectures import EXPERT, architecture_of, experts_module_of, group_of
 from ue8m0.checkpoint.pairs import Fp8Pairs, pair_fp8_weights, read_scale
 from ue8m0.checkpoint.registry import MXFP8, expert_dtype, module_of
 from ue8m0.checkpoint.safetensors import FLOAT_TAGS, FP8_TAGS
@@ -200,6 +202,49 @@ def mxfp8_scale_names(f: Facts) -> Iterator[Finding]:
         yield Finding("transformers", MISREADS, why, _named(plain))
 
 
+def mixed_expert_layers(f: Facts) -> Iterator[Finding]:
+    """MoE layers transformers v5 cannot load as one fused-experts module (measured in
+    ``tests/test_transformers_fused_experts.py``): it merges ``....experts.<i>.<proj>`` into one
+    module, ``FP8Experts`` with one scale tensor per projection, unless the skip list names
+    ``....experts`` itself (a per-expert entry never matches a module)."""
+    if f.quant_method not in ("fp8", MXFP8.quant_method):
+        return
+    qc = (f.ckpt.config or {}).get("quantization_config")
+    skip = (
+        {str(m) for m in (qc.get("modules_to_not_convert") or [])}
+        if isinstance(qc, dict)
+        else set()
+    )
+    layers: dict[str, dict[str, bool]] = {}
+    for name, info in f.ckpt.tensors.items():
+        layer = experts_module_of(name, info.shape)
+        if layer is not None and (info.dtype in FP8_TAGS or info.dtype in FLOAT_TAGS):
+            layers.setdefault(layer, {})[name] = info.dtype in FP8_TAGS
+    uneven, misread = [], []
+    for layer, members in layers.items():
+        by_proj: dict[str, set[bool]] = {}
+        for name, is_fp8 in members.items():
+            by_proj.setdefault(module_of(name).rpartition(".")[2], set()).add(is_fp8)
+        fp8 = set(members.values())
+        if any(len(v) > 1 for v in by_proj.values()) and layer not in skip:
+            uneven.append(layer)  # some experts of one projection without scales
+        elif fp8 == {True, False} or (fp8 == {True}) == (layer in skip):
+            misread.append(layer)
+    if uneven:
+        why = (
+            "an MoE layer's experts are one module: BF16 experts beside FP8 ones leave fewer "
+            "scales than experts ('Fp8Dequantize: weight/scale count mismatch' on CPU)"
+        )
+        yield Finding("transformers", REFUSES, why, _named(uneven))
+    if misread:
+        why = (
+            "an MoE layer's experts are one module, FP8Experts on a GPU unless the skip list "
+            "names <layer>.experts: BF16 experts are cast to e4m3 without scales (or, named, FP8 "
+            "ones are read without theirs)"
+        )
+        yield Finding("transformers", MISREADS, why, _named(misread))
+
+
 def missing_expert_dtype(f: Facts) -> Iterator[Finding]:
     """DeepSeek-V4 names (``.scale``) without ``expert_dtype``: older vLLM assumes fp4."""
     v4 = any(w.scale.endswith(".scale") for w in f.pairs.weights.values())
@@ -235,6 +280,7 @@ RULES: tuple[Rule, ...] = (
     e8m0_for_deepseek_v3,
     e5m2_as_e4m3,
     mxfp8_scale_names,
+    mixed_expert_layers,
     missing_expert_dtype,
     exponent_bytes_as_values,
 )

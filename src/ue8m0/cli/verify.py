@@ -62,8 +62,7 @@ def verify(
     from ue8m0.checkpoint.verify import verify_checkpoint
 
     report = verify_checkpoint(ckpt, against)
-    opened = report.checkpoint if report.checks[0].passed else None
-    loaders = engine_table(opened) if opened is not None else {}
+    loaders = engine_table(report.checkpoint) if report.checkpoint is not None else {}
     failed = [e for e in engines if loaders.get(e, {}).get("verdict", "loads") != "loads"]
     passed = report.passed and not failed
     if as_json:
