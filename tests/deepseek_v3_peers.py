@@ -16,9 +16,9 @@ Source read (not copied): github deepseek-ai/DeepSeek-V3, commit 9b4e978 (2025-0
   multiplied in as its byte value (127 -> 127.0). Both inputs must be contiguous and 2-D
   (``AssertionError`` otherwise: a 3-D expert stack stops the converter).
 * Launching a Triton kernel types each tensor pointer from its torch dtype
-  (``triton/_utils.py`` ``canonicalize_dtype``, a dict lookup; Triton 3.9.0 and the 3.0.0 of
-  ``requirements.txt`` alike): ``torch.float8_e8m0fnu`` is not in it, so the launch raises
-  ``KeyError('float8_e8m0fnu')`` (measured with Triton 3.9.0). :func:`triton_pointer` raises the
+  (``triton/_utils.py`` ``canonicalize_dtype``, a dict lookup): ``torch.float8_e8m0fnu`` is not
+  in it, so the launch raises ``KeyError('float8_e8m0fnu')`` (measured with Triton 3.9.0, both
+  compiled-path ``mangle_type`` and ``TRITON_INTERPRET=1``). :func:`triton_pointer` raises the
   same.
 * :func:`fp8_cast_bf16` follows ``inference/fp8_cast_bf16.py`` ``main``: read
   ``model.safetensors.index.json`` (required); for each ``*.safetensors`` file in sorted order,
@@ -43,8 +43,9 @@ Source read (not copied): github deepseek-ai/DeepSeek-V3, commit 9b4e978 (2025-0
   Here ``log2`` is the correctly rounded float32 log2 (the float64 one rounded once). The
   Triton interpreter calls numpy's float32 ``log2`` and a GPU its own: they can give another
   scale only when ``s`` lies a few float32 ulps above a power of two. The cast is RNE and
-  saturates at 448 as Triton's ``cvt.rn.satfinite`` does (``y`` never exceeds 448 by more than
-  a hair, so torch's non-saturating cast would round to 448 as well).
+  saturates at 448, as Triton's NVIDIA lowering (``cvt.rn.satfinite``; read, not run here) does
+  (``y`` never exceeds 448 by more than a hair, so a non-saturating RNE cast gives 448 too).
+  The Triton interpreter's own float32 -> e4m3 cast is not RNE (docs/loaders.md).
 """
 
 from __future__ import annotations
