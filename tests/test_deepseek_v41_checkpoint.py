@@ -271,3 +271,23 @@ def test_inspect_names_row_group_scales_against_the_declared_block(
     roles = {role: row["tensors"] for role, row in json.loads(out)["by_role"].items()}
     row_group = roles.get("fp8 weight (1x32 row-group scales)", 0)
     assert (roles["fp8 weight"], row_group) == ((12, 0) if declared == [1, 32] else (11, 1))
+
+
+def test_quantize_refuses_to_write_v4s_layout_for_a_v41_model(
+    v41: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """V4.1 loaders read 32x32 blocks and Engram row-group scales; ``--format deepseek-v4``
+    writes V4's 128x128 layout, which they would misread: refused in one line, nothing
+    written. The same BF16 tensors under another model type are written."""
+    bf16 = tmp_path / "bf16"
+    assert run_cli(["dequantize", v41, bf16, "-q"], capsys)[0] == 0
+    dst = tmp_path / "out"
+    code, _, err = run_cli(["quantize", bf16, dst, "-q", "--format", "deepseek-v4"], capsys)
+    assert code != 0 and not dst.exists()
+    assert len(err.strip().splitlines()) == 1 and "config.json" in err
+    assert "deepseek_v41" in err and "read, not written" in err
+    config = json.loads((bf16 / "config.json").read_text())
+    config["model_type"] = config["text_config"]["model_type"] = "deepseek_v4"
+    (bf16 / "config.json").write_text(json.dumps(config))
+    code, _, err = run_cli(["quantize", bf16, dst, "-q", "--format", "deepseek-v4"], capsys)
+    assert code == 0, err

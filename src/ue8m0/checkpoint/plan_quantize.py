@@ -4,6 +4,7 @@ are copied, and the ``quantization_config`` the layout writes."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from ue8m0.checkpoint.architectures import (
     EXPERT,
@@ -144,6 +145,17 @@ def _existing_quantization(ckpt: Checkpoint) -> str | None:
     return None
 
 
+#: model types whose release layout differs from the FP4-expert layout ``quantize`` writes
+#: (DeepSeek-V4.1: 32x32 blocks and Engram row-group scales; docs/deepseek-v4.md)
+WRITES_NOT = frozenset({"deepseek_v41", "deepseek_v41_text"})
+
+
+def _model_types(config: dict[str, Any] | None) -> set[str]:
+    """``model_type`` at the top level and in a nested ``text_config``."""
+    levels = [config or {}, (config or {}).get("text_config")]
+    return {str(lv["model_type"]) for lv in levels if isinstance(lv, dict) and "model_type" in lv}
+
+
 def plan_quantize(
     ckpt: Checkpoint,
     opts: QuantizeOptions,
@@ -173,6 +185,14 @@ def plan_quantize(
             "(--replace-quantization-config does)",
         )
     layout = opts.out_layout
+    if layout.fp4_experts is not None and _model_types(ckpt.config) & WRITES_NOT:
+        raise CheckpointError(
+            ckpt.root / "config.json",
+            f"{'/'.join(sorted(_model_types(ckpt.config) & WRITES_NOT))}: its release layout "
+            "(32x32 blocks, Engram tables with 1x32 row-group scales) is read, not written, by "
+            f"ue8m0; --format {layout.name} writes DeepSeek-V4's 128x128 layout, which its "
+            "loaders misread",
+        )
     assert opts.block is not None and opts.scale_dtype is not None, "validated options"
     el_tag = FMTS[opts.fmt][1]
     scale_tag = SCALE_DTYPES[opts.scale_dtype]
