@@ -28,12 +28,15 @@ scale of the right shape and dtype; no orphan scales; config.json <-> tensors; s
 => every scale an exact power of two (lists the tensors where not); no NaN/Inf; with
 --against, every dequantized element within half an FP8 ulp (times its block scale) of the
 source (an FP8 source: its dequantized values), and every high-precision tensor identical.
-The loader table says, for vLLM, SGLang, transformers (CPU) and DeepSeek's own code, whether
+The loader table says, for vLLM, SGLang, transformers and DeepSeek's own code, whether
 each loads the checkpoint, refuses it (the loader's reason) or silently misreads it (fused
 layers split between FP8 and BF16, partial scale grids where a loader cannot read them, U8 scale
 bytes where float32 scales are expected, F8_E8M0 scales for DeepSeek-V3's converter, e5m2 under
-quant_method fp8, a DeepSeek-V4 checkpoint without expert_dtype, scale values that look like
-exponent bytes copied as numbers).
+quant_method fp8, MXFP8 scales under the name another engine reads (vLLM: weight_scale;
+SGLang, transformers: weight_scale_inv), an MoE layer whose experts are split between FP8 and
+BF16 or kept without naming the experts module (transformers v5 loads them as one module), a
+DeepSeek-V4 checkpoint without expert_dtype, scale values that look like exponent bytes copied
+as numbers).
 Exit status 1 when any check fails, or an engine named with --engine would not load it.
 """
 
