@@ -5,7 +5,9 @@ load checkpoint directories one after the other with vLLM's offline ``vllm.LLM``
     python vllm_runner.py REQUEST_JSON
 
 REQUEST_JSON: ``{"models": {NAME: [DIR, DTYPE], ...}, "prompts": [[token ids], ...],
-"max_tokens": N}`` (DTYPE: vLLM's ``dtype``, ``bfloat16`` or ``float32``).
+"max_tokens": N, "logprobs": K}`` (DTYPE: vLLM's ``dtype``, ``bfloat16`` or ``float32``;
+``logprobs`` optional: with it each result also has ``greedy_logprobs``, per prompt and
+generated token the K largest logprobs, largest first).
 Before loading, two CPU kernels are registered where vLLM 0.32 has none (see the two
 ``register_*`` functions; the ``kernels`` field of each result names the kernel used). Output: ``{NAME: result, ...}``, each result
 ``{"ok": true, "load_s", "run_s", "prompt_logprobs": [[logprob of token i given the tokens
@@ -136,6 +138,7 @@ def run_one(model: str, dtype: str, request: dict[str, Any]) -> dict[str, Any]:
             prompt_logprobs=0,
             detokenize=False,
             ignore_eos=True,
+            logprobs=request.get("logprobs"),
         )
         t1 = time.perf_counter()
         outputs = llm.generate(prompts, params, use_tqdm=False)
@@ -149,12 +152,20 @@ def run_one(model: str, dtype: str, request: dict[str, Any]) -> dict[str, Any]:
         # logprob of the prompt's own token i (rank-0 logprobs add only the actual token)
         logprobs.append([out.prompt_logprobs[i][tok].logprob for i, tok in enumerate(prompt) if i])
         greedy.append(list(out.outputs[0].token_ids))
+    top: dict[str, Any] = {}
+    if request.get("logprobs"):  # per step: the k best of what vLLM returns (k + the chosen one)
+        k = int(request["logprobs"])
+        top["greedy_logprobs"] = [
+            [sorted((lp.logprob for lp in step.values()), reverse=True)[:k] for step in steps]
+            for steps in (out.outputs[0].logprobs for out in outputs)
+        ]
     return {
         "ok": True,
         "load_s": round(load_s, 2),
         "run_s": round(run_s, 2),
         "prompt_logprobs": logprobs,
         "greedy": greedy,
+        **top,
         **info,
     }
 
