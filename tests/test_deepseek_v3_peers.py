@@ -139,6 +139,7 @@ def test_the_converter_gives_dequantize_s_bits(
     # the weight maps agree; DeepSeek's index drops total_size, ue8m0's recomputes it
     assert _index(peer)["weight_map"] == _index(ours)["weight_map"]
     assert _index(peer)["metadata"] == {} and _index(ours)["metadata"]["total_size"] > 0
+    assert _verify_deepseek(q, capsys)[1] == "loads"
 
 
 def test_e8m0_scales_leave_the_fp8_weights_unconverted(
@@ -184,6 +185,13 @@ def test_u8_scales_are_multiplied_in_as_their_byte_values(
         expected = (mine[name].float() * _grid(factor, mine[name].shape)).to(torch.bfloat16)
         assert torch.equal(_bits(theirs[name]), _bits(expected)), name
         assert not torch.equal(theirs[name], mine[name])
+    assert _verify_deepseek(q, capsys) == (1, "misreads")
+
+
+def _verify_deepseek(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """What ``ue8m0 verify --engine deepseek`` says DeepSeek's code does with ``path``."""
+    code, out, _ = run_cli(["verify", path, "--engine", "deepseek", "--json"], capsys)
+    return code, str(json.loads(out)["engines"]["deepseek"]["verdict"])
 
 
 def test_a_3d_expert_stack_stops_the_converter(
@@ -205,6 +213,7 @@ def test_a_3d_expert_stack_stops_the_converter(
     theirs = load_file(peer / first)
     assert sorted(theirs) == sorted(mine)
     assert all(torch.equal(_bits(theirs[n]), _bits(t)) for n, t in mine.items())
+    assert _verify_deepseek(q, capsys) == (1, "refuses")
 
 
 def test_scales_are_found_in_any_shard_and_a_missing_one_is_skipped(

@@ -153,6 +153,8 @@ def byte_scales_as_numbers(f: Facts) -> Iterator[Finding]:
         why = "U8 scale bytes are copied into float32 scales as numbers (byte 127 -> 127.0)"
         for engine in ("vllm", "sglang"):
             yield Finding(engine, MISREADS, why, _named(u8))
+        why = "weight_dequant promotes U8 scale bytes to float32 as numbers (byte 127 -> 127.0)"
+        yield Finding("deepseek", MISREADS, why, _named(u8))
 
 
 def e8m0_for_deepseek_v3(f: Facts) -> Iterator[Finding]:
@@ -166,6 +168,20 @@ def e8m0_for_deepseek_v3(f: Facts) -> Iterator[Finding]:
             "weight unconverted into its BF16 output",
             _named(e8m0),
         )
+
+
+def stacked_fp8_for_deepseek(f: Facts) -> Iterator[Finding]:
+    """FP8 weights stacked in 3-D (experts): DeepSeek's code takes 2-D weights only
+    (``weight_dequant`` asserts ``x.dim() == 2``; measured with the real script under
+    ``TRITON_INTERPRET=1``, docs/loaders.md)."""
+    tensors = f.ckpt.tensors
+    stacked = [w for w in f.pairs.weights if len(tensors[w].shape) == 3]
+    if stacked:
+        why = (
+            "DeepSeek's fp8_cast_bf16.py stops with an AssertionError at a 3-D FP8 stack "
+            "(weight_dequant takes 2-D weights; DeepSeek's checkpoints store experts 2-D)"
+        )
+        yield Finding("deepseek", REFUSES, why, _named(stacked))
 
 
 def e5m2_as_e4m3(f: Facts) -> Iterator[Finding]:
@@ -278,6 +294,7 @@ RULES: tuple[Rule, ...] = (
     partial_grids,
     byte_scales_as_numbers,
     e8m0_for_deepseek_v3,
+    stacked_fp8_for_deepseek,
     e5m2_as_e4m3,
     mxfp8_scale_names,
     mixed_expert_layers,
