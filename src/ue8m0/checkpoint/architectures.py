@@ -27,6 +27,7 @@ name patterns (q/k/v, gate/up, w1/w3), which cover the fused layers of most deco
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,3 +123,22 @@ def experts_module_of(name: str, shape: tuple[int, ...]) -> str | None:
     if len(shape) == 3 and (found := _STACKED_EXPERTS.match(name)):
         return found.group(1)
     return None
+
+
+def skip_modules(
+    tensors: Iterable[tuple[str, tuple[int, ...]]], kept: Callable[[str], bool]
+) -> list[str]:
+    """The skip list of an output whose tensors (``(name, shape)``) are ``kept`` in high
+    precision or converted: the module of every kept matrix ``....weight``, and every
+    fused-experts module whose tensors are all kept (transformers v5 matches only that name)."""
+    out: set[str] = set()
+    experts: dict[str, bool] = {}
+    for name, shape in tensors:
+        is_kept = kept(name)
+        if is_kept and name.endswith(".weight") and len(shape) >= 2:
+            out.add(name.rsplit(".", 1)[0])
+        layer = experts_module_of(name, shape)
+        if layer is not None:
+            experts[layer] = experts.get(layer, True) and is_kept
+    out.update(layer for layer, all_kept in experts.items() if all_kept)
+    return sorted(out)

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ue8m0.checkpoint.architectures import skip_modules
 from ue8m0.checkpoint.options import Fp8Options
 from ue8m0.checkpoint.pairs import Fp8Weight, find_fp8_weights, load_scale
 from ue8m0.checkpoint.plan import Plan, ShardPlan, Task, copy_task
-from ue8m0.checkpoint.registry import module_of
 from ue8m0.checkpoint.scales import SCALE_DTYPES, scale_grid, ue8m0_codes
 from ue8m0.checkpoint.source import Checkpoint
 from ue8m0.checkpoint.writer import OutSpec
@@ -87,7 +87,7 @@ def plan_fp8(ckpt: Checkpoint, kind: str, opts: Fp8Options) -> Plan:
         raise CheckpointError(
             ckpt.root, f"FP8 weights with different blocks {sorted(blocks)}: one config cannot say"
         )
-    shards, kept = [], []
+    shards = []
     for shard in ckpt.shards:
         tasks = []
         for info in ckpt.shard_tensors(shard):
@@ -96,15 +96,17 @@ def plan_fp8(ckpt: Checkpoint, kind: str, opts: Fp8Options) -> Plan:
             elif info.name in consumed:
                 tasks.append(Task(info.name, "drop", f"scale of {consumed[info.name]}"))
             else:
-                if info.name.endswith(".weight") and len(info.shape) >= 2:
-                    kept.append(module_of(info.name))
                 tasks.append(copy_task(info, "not FP8"))
         shards.append(ShardPlan(shard, tasks, ckpt.shard_bytes(shard)))
     config = None
     if ckpt.config is not None:
         config = dict(ckpt.config)
+        tensors = ((i.name, i.shape) for i in ckpt.tensors.values())
         config["quantization_config"] = layout.quant_config(
-            fmts[0], opts.out_block(next(iter(blocks))), True, sorted(set(kept))
+            fmts[0],
+            opts.out_block(next(iter(blocks))),
+            True,
+            skip_modules(tensors, lambda n: n not in weights and n not in consumed),
         )
     plan = Plan(kind, shards, config, opts)
     lossy = [t.name for t in plan.tasks if kind == "relayout" and t.action == "requantize"]

@@ -13,6 +13,7 @@ from ue8m0.checkpoint.architectures import (
     architecture_of,
     experts_module_of,
     group_of,
+    skip_modules,
 )
 from ue8m0.checkpoint.options import QuantizeOptions
 from ue8m0.checkpoint.plan import Plan, ShardPlan, Task, copy_task
@@ -108,16 +109,15 @@ def _fused_decisions(
                     decisions[m.name] = why
 
 
-def _expert_layer_decisions(infos: list[TensorInfo], decisions: dict[str, str | None]) -> list[str]:
+def _expert_layer_decisions(infos: list[TensorInfo], decisions: dict[str, str | None]) -> None:
     """All the expert weights of one MoE layer decide together (transformers v5 loads them as one
     module with one scale tensor: a mix is refused or misread, :mod:`.architectures`): if any is
-    kept, every one is. Returns the fused-experts modules kept whole, for the skip list."""
+    kept, every one is."""
     layers: dict[str, list[str]] = {}
     for info in infos:
         layer = experts_module_of(info.name, info.shape)
         if layer is not None:
             layers.setdefault(layer, []).append(info.name)
-    kept_whole = []
     for layer, names in layers.items():
         kept = [n for n in names if decisions[n] is not None]
         if not kept:
@@ -126,8 +126,6 @@ def _expert_layer_decisions(infos: list[TensorInfo], decisions: dict[str, str | 
         for name in names:
             if decisions[name] is None:
                 decisions[name] = why
-        kept_whole.append(layer)
-    return kept_whole
 
 
 def _as_fp4(info: TensorInfo, opts: QuantizeOptions) -> bool:
@@ -199,7 +197,8 @@ def plan_quantize(
     decisions = {info.name: _quantize_decision(info, opts) for info in ckpt.tensors.values()}
     infos = list(ckpt.tensors.values())
     _fused_decisions(infos, decisions, opts, architecture_of(ckpt.config))
-    shards, kept_modules = [], _expert_layer_decisions(infos, decisions)
+    _expert_layer_decisions(infos, decisions)
+    shards = []
     for shard in ckpt.shards:
         tasks = []
         for info in ckpt.shard_tensors(shard):
@@ -219,8 +218,6 @@ def plan_quantize(
                 )
                 tasks.append(Task(info.name, "quantize", "", outs, block=opts.block, fmt=opts.fmt))
             else:
-                if info.name.endswith(".weight") and len(info.shape) >= 2:
-                    kept_modules.append(module_of(info.name))
                 tasks.append(copy_task(info, reason))
         shards.append(ShardPlan(shard, tasks, ckpt.shard_bytes(shard)))
     config = None
@@ -230,7 +227,7 @@ def plan_quantize(
             opts.fmt,
             opts.block,
             ScaleRule(opts.scale_rule).is_power_of_two,
-            sorted(set(kept_modules)),
+            skip_modules(((i.name, i.shape) for i in infos), lambda n: decisions[n] is not None),
         )
         if opts.experts is not None:  # written where every V4 loader looks for it
             config["expert_dtype"] = opts.experts
