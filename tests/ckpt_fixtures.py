@@ -86,6 +86,14 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
     return code, out.out, out.err
 
 
+def cli_ok(*args: object) -> None:
+    """Run ``ue8m0 ARGS`` in-process (output not captured); fail the test on a non-zero exit."""
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exc:
+        assert not exc.code, f"ue8m0 {' '.join(map(str, args))}: exit {exc.code}"
+
+
 def all_tensors(root: Path) -> dict[str, np.ndarray]:
     """Every tensor of every shard of ``root`` (copies)."""
     from ue8m0.checkpoint.safetensors import SafetensorsFile

@@ -13,6 +13,8 @@ import transformers
 
 #: the vocabulary size of every tiny model (a multiple of 128, as the linears' dims)
 VOCAB = 512
+#: the linears of a 2-layer tiny Llama after vLLM fuses them: qkv, o, gate_up, down per layer
+FUSED_LINEARS = 8
 
 
 def save_tokenizer(path: Path, vocab: int = VOCAB) -> None:

@@ -21,9 +21,8 @@ import pytest
 import torch
 import transformers
 
-from ckpt_fixtures import run_cli
-from ckpt_models import VOCAB, tiny_causal_lm
-from ue8m0.cli.main import main
+from ckpt_fixtures import cli_ok, run_cli
+from ckpt_models import FUSED_LINEARS, VOCAB, tiny_causal_lm
 from vllm_env import run_vllm
 
 #: vLLM's prompt logprobs vs transformers' on the dequantized checkpoint
@@ -47,15 +46,6 @@ QUANTIZED: dict[str, tuple[str, list[str]]] = {
     "mxfp8": ("llama", ["--format", "mxfp8"]),
     "mxfp8_sglang": ("llama", ["--format", "mxfp8", "--engine", "sglang"]),
 }
-#: the linears of the tiny models after vLLM fuses them: qkv, o, gate_up, down per layer
-FUSED_LINEARS = 8
-
-
-def _cli(*args: object) -> None:
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        assert not exc.code, f"ue8m0 {' '.join(map(str, args))}: exit {exc.code}"
 
 
 def _split_qkv(src: Path, fp8: Path, dst: Path) -> Path:
@@ -102,9 +92,9 @@ def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = {"bf16": sources["llama"]}
     for name, (source, options) in QUANTIZED.items():
         out[name] = root / name
-        _cli("quantize", sources[source], out[name], "-q", *options)
+        cli_ok("quantize", sources[source], out[name], "-q", *options)
         out["dq_" + name] = root / f"dq_{name}"
-        _cli("dequantize", out[name], out["dq_" + name], "-q")
+        cli_ok("dequantize", out[name], out["dq_" + name], "-q")
     out["split_qkv"] = _split_qkv(sources["llama"], out["default"], root / "split_qkv")
     return out
 

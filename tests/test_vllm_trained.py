@@ -24,7 +24,8 @@ import pytest
 import torch
 import transformers
 
-from test_vllm_cpu import FUSED_LINEARS, _cli
+from ckpt_fixtures import cli_ok
+from ckpt_models import FUSED_LINEARS
 from trained_model import sentence, train_tiny_llama
 from vllm_env import run_vllm
 
@@ -95,7 +96,7 @@ class Runs:
         self.ckpts = {"bf16": bf16}
         for name, options in QUANTIZED.items():
             self.ckpts[name] = root / name
-            _cli("quantize", bf16, root / name, "-q", *options)
+            cli_ok("quantize", bf16, root / name, "-q", *options)
         for name, match in BROKEN.items():
             self.ckpts[name] = _doubled_scales(self.ckpts["default"], root / name, match)
         self.hf_tokens, self.hf_margins = _transformers_greedy(bf16)
