@@ -22,10 +22,10 @@ from ckpt_fixtures import BF16, run_cli, save, write_checkpoint
 from ue8m0.api import quantize
 from ue8m0.cli.main import cli
 from ue8m0.formats import ElementFormat, decode_table, element_format
+from ue8m0.kernels import refine_mse as refine_mse_fast
 from ue8m0.recipes import DEFAULT_RECIPES, get_recipe
 from ue8m0.reference import decode_scale_bytes
 from ue8m0.report.analysis import CheckpointReport, RecipeStats, analyze_checkpoint
-from ue8m0.report.mse_search import refine_mse_fast
 from ue8m0.report.progress import BarReportProgress, ReportProgress, make_report_progress
 from ue8m0.report.text import report_json
 from ue8m0.search import refine_mse

@@ -24,6 +24,7 @@ from ue8m0.kernels._bits import decode_params, element_params
 from ue8m0.kernels._cache import invalidate_stale_cache
 from ue8m0.kernels._dequant import dequantize_kernel
 from ue8m0.kernels._gemm import hopper_gemm_kernel
+from ue8m0.kernels._mse import refine_mse_fast, refine_mse_kernel
 from ue8m0.kernels._quant import quantize_groups_kernel, quantize_kernel
 from ue8m0.kernels._threads import (
     ENV_VAR,
@@ -42,12 +43,20 @@ __all__ = [
     "hopper_gemm",
     "prefer_fork_safe_layer",
     "quantize",
+    "refine_mse",
     "resolve_threads",
     "set_compile_lock",
+    "using_threads",
 ]
 
 invalidate_stale_cache(
-    [dequantize_kernel, hopper_gemm_kernel, quantize_groups_kernel, quantize_kernel]
+    [
+        dequantize_kernel,
+        hopper_gemm_kernel,
+        quantize_groups_kernel,
+        quantize_kernel,
+        refine_mse_kernel,
+    ]
 )
 
 _VIEWS = {
@@ -136,6 +145,19 @@ def _params(fmt: ElementFormat) -> np.ndarray:
     return element_params(
         fmt.mbits, fmt.bias, max_bits, fmt.sign_mask, nan_code, fmt.has_negative_zero
     )
+
+
+def refine_mse(
+    x: np.ndarray,
+    block: tuple[int, int],
+    fmt: ElementFormat,
+    codes: np.ndarray,
+    scale_codes: np.ndarray,
+) -> np.ndarray:
+    """The compiled MSE scale search (:mod:`ue8m0.kernels._mse`): :func:`ue8m0.search.refine_mse`
+    on a 2-D float32 ``x``, updating ``codes`` and ``scale_codes`` in place; returns the new
+    float32 scales."""
+    return refine_mse_fast(x, block, fmt, codes, scale_codes, _params(fmt))
 
 
 @functools.cache

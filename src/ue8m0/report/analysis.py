@@ -293,7 +293,7 @@ def measure_tensor(
         if on_bytes is not None:
             on_bytes(slab.size * itemsize)
 
-    from ue8m0.kernels._threads import using_threads
+    from ue8m0.kernels import using_threads
 
     with using_threads(threads):  # the compiled passes' threads (the kernels take ``threads``)
         try:

@@ -3,7 +3,7 @@ keeps, in place of the float64 numpy temporaries of the reference path.
 
 For a slab ``x`` (float32, 2-D) and a recipe, :func:`measure_slab` quantizes with the public fast
 kernels into reused buffers (``ue8m0.quantize(..., out=)``, the MSE scale search by
-:func:`ue8m0.report.mse_search.refine_mse_fast`), dequantizes into a reused float32 buffer
+:func:`ue8m0.kernels.refine_mse`), dequantizes into a reused float32 buffer
 (``ue8m0.dequantize(..., out=)``), then :func:`slab_sums_kernel` reads ``x`` and ``y`` once and
 returns, in float64 scalars accumulated element by element:
 
@@ -16,7 +16,7 @@ same numbers); only the order of the additions differs, so the sums agree with t
 path (:meth:`ue8m0.report.analysis.RecipeStats.update`) to a few float64 ulps per addition
 (``tests/test_report_fast.py`` holds them to 1e-12 relative), and counts, ``max |e|``, block
 ``max |x|``, headroom and scale exponents are equal exactly, save for the MSE recipes' near-ties
-(:mod:`ue8m0.report.mse_search`).
+(:mod:`ue8m0.kernels._mse`).
 """
 
 from __future__ import annotations
@@ -137,14 +137,14 @@ class SlabBuffers:
 def quantize_into(x: np.ndarray, recipe: Recipe, codes: np.ndarray, threads: int | None) -> Any:
     """``recipe.quantize(x)`` with its codes in ``codes`` (the same bytes, scales and scale
     bytes as :meth:`Recipe.quantize`; the MSE search compiled)."""
-    from ue8m0.report.mse_search import refine_mse_fast
+    from ue8m0.kernels import refine_mse
 
     q = quantize(
         x, recipe.block, recipe.fmt, recipe.scale_rule, recipe.eps, out=codes, threads=threads
     )
     if recipe.scale_search is ScaleSearch.MSE:
         assert q.scale_codes is not None
-        scale = refine_mse_fast(x, q.block, q.fmt, codes, q.scale_codes)
+        scale = refine_mse(x, q.block, q.fmt, codes, q.scale_codes)
         q = QuantizedTensor(q.data, scale, q.scale_codes, q.fmt, q.block, q.scale_rule)
     return q
 

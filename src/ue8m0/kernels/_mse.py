@@ -1,6 +1,6 @@
 """The MSE scale search (:mod:`ue8m0.search`) compiled, for the report's fast path.
 
-:func:`refine_mse_fast` does what :func:`ue8m0.search.refine_mse` (the oracle) does, in place
+:func:`refine_mse_fast` (``ue8m0.kernels.refine_mse``) does what :func:`ue8m0.search.refine_mse` (the oracle) does, in place
 and in one compiled pass per block: for each block whose scale byte ``hi`` is usable (not 0,
 not NaN), encode the block with the byte below (``lo = hi - 1``, multiplier ``2**(127 - lo)``
 in float32, the element rounding of the kernels), and keep it when its float64 sum of squared
@@ -19,8 +19,6 @@ constructed data (equal errors by symmetry), not in the tensors of the report's 
 from __future__ import annotations
 
 import functools
-import hashlib
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +26,6 @@ from numba import njit, prange
 
 from ue8m0.blocks import resolve_block
 from ue8m0.formats import UE8M0, ElementFormat, decode_table
-from ue8m0.kernels import _params as element_constants
 from ue8m0.kernels._bits import round_code, unpack
 from ue8m0.reference import decode_scale_bytes
 
@@ -100,47 +97,13 @@ def refine_mse_fast(
     fmt: ElementFormat,
     codes: np.ndarray,
     scale_codes: np.ndarray,
+    params: np.ndarray,
 ) -> np.ndarray:
     """:func:`ue8m0.search.refine_mse` for a 2-D float32 ``x``, updating ``codes`` (uint8 or
-    ``fmt``'s dtype) and ``scale_codes`` in place; returns the new float32 scales."""
+    ``fmt``'s dtype) and ``scale_codes`` in place; returns the new float32 scales. ``params``:
+    ``fmt``'s rounding constants (:func:`ue8m0.kernels._bits.element_params`)."""
     br, bc = resolve_block(block, x.shape)
     refine_mse_kernel(
-        x,
-        codes.view(np.uint8),
-        scale_codes,
-        br,
-        bc,
-        _table(fmt),
-        UE8M0.nan_code,
-        element_constants(fmt),
+        x, codes.view(np.uint8), scale_codes, br, bc, _table(fmt), UE8M0.nan_code, params
     )
     return decode_scale_bytes(scale_codes)
-
-
-def _cache_marker() -> None:
-    """numba keys this module's cache on this file only, not on the kernels' ``_bits.py`` it
-    inlines: drop the cache files when the digest of both changes (as
-    :mod:`ue8m0.kernels._cache` does for the kernels)."""
-    from ue8m0.kernels._cache import PACKAGE_DIR, cache_dirs, source_digest
-
-    digest = hashlib.sha256(
-        (source_digest(PACKAGE_DIR) + Path(__file__).read_text(encoding="utf-8")).encode()
-    ).hexdigest()
-    stem = Path(__file__).stem
-    for directory in cache_dirs([refine_mse_kernel]):
-        marker = directory / f"ue8m0-report-{stem}.sha256"
-        try:
-            if marker.read_text(encoding="ascii").strip() == digest:
-                continue
-        except OSError:
-            pass
-        try:
-            for path in directory.glob(f"{stem}.*.nb[ic]"):
-                path.unlink(missing_ok=True)
-            directory.mkdir(parents=True, exist_ok=True)
-            marker.write_text(digest + "\n", encoding="ascii")
-        except OSError:
-            continue
-
-
-_cache_marker()
