@@ -12,17 +12,15 @@ dequantize-then-BF16-matmul kernel after vLLM's own ones; each result names the 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
-import transformers
 
 from ckpt_fixtures import cli_ok, run_cli
 from ckpt_models import FUSED_LINEARS, VOCAB, tiny_causal_lm
+from vllm_checks import Runs, verify_vllm
 from vllm_env import run_vllm
 
 #: vLLM's prompt logprobs vs transformers' on the dequantized checkpoint
@@ -99,51 +97,20 @@ def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
-@dataclass(frozen=True)
-class Runs:
-    """The checkpoints and vLLM's verdict on each (all loaded in one vLLM process)."""
-
-    ckpts: dict[str, Path]
-    vllm: dict[str, dict[str, Any]]
-
-    def error(self, case: str, against: str | None = None) -> float:
-        """The largest |vLLM - transformers| prompt logprob of ``case``, transformers run on
-        ``against`` (default: the case's dequantized twin)."""
-        result = self.vllm[case]
-        assert result["ok"], result.get("error")
-        path = self.ckpts[against or "dq_" + case]
-        err = float(np.abs(np.array(result["prompt_logprobs"]) - _transformers(path)).max())
-        print(f"{case}: max |vLLM - transformers({path.name})| logprob {err:.5f}")
-        return err
-
-
 @pytest.fixture(scope="module")
 def runs(ckpts: dict[str, Path]) -> Runs:
-    models = {k: (v, "bfloat16") for k, v in ckpts.items() if not k.startswith("dq_")}
+    models: dict[str, tuple[Path, str] | tuple[Path, str, dict[str, Any]]] = {
+        k: (v, "bfloat16") for k, v in ckpts.items() if not k.startswith("dq_")
+    }
+    # vLLM's AMX FP8 kernel cannot take a BF16 bias (see the test): the comparison loads the
+    # Qwen2 output as a CPU without AMX does, and once more as this CPU does
+    models["qwen2_biases"] = (ckpts["qwen2_biases"], "bfloat16", {"amx": False})
+    models["qwen2_biases_here"] = (ckpts["qwen2_biases"], "bfloat16")
     results = run_vllm(models, PROMPTS, max_tokens=MAX_TOKENS)
     for name, r in results.items():
         summary = {k: r.get(k) for k in ("ok", "error", "load_s", "run_s", "kernels")}
         print(f"vllm {name}: {summary}")
-    return Runs(ckpts, results)
-
-
-def _transformers(path: Path) -> np.ndarray:
-    """transformers' (CPU, BF16) prompt logprobs of each prompt's own tokens."""
-    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
-    logprobs = []
-    with torch.no_grad():
-        for prompt in PROMPTS:
-            ids = torch.tensor([prompt])
-            lp = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
-            logprobs.append(lp[:-1].gather(1, ids[0, 1:, None])[:, 0].numpy())
-    return np.array(logprobs)
-
-
-def _verify_vllm(path: Path, capsys: pytest.CaptureFixture[str]) -> str:
-    """What ``ue8m0 verify --engine vllm`` says vLLM does with ``path``."""
-    capsys.readouterr()  # what the test printed so far is not verify's output
-    _, out, _ = run_cli(["verify", path, "--json", "--engine", "vllm"], capsys)
-    return str(json.loads(out)["engines"]["vllm"]["verdict"])
+    return Runs(ckpts, PROMPTS, results)
 
 
 def test_vllm_and_transformers_agree_on_the_bf16_source(runs: Runs) -> None:
@@ -175,7 +142,20 @@ def test_vllm_loads_our_output_and_computes_what_dequantize_computes(
     assert methods[method] == fp8_linears, methods
     assert methods.get("UnquantizedLinearMethod", 0) == FUSED_LINEARS - fp8_linears, methods
     assert sum(result["kernels"].values()) == fp8_linears, result["kernels"]
-    assert _verify_vllm(runs.ckpts[case], capsys) == "loads"
+    assert verify_vllm(runs.ckpts[case], capsys) == "loads"
+
+
+def test_vllm_on_this_cpu_with_biased_fp8_layers(runs: Runs) -> None:
+    """vLLM 0.32's AMX block-FP8 kernel (``CPUFp8BlockScaledMMKernel``) hands the layer's BF16
+    bias to ``fp8_scaled_mm_cpu``, which takes only a float32 one: on a CPU with AMX every
+    biased FP8 linear (Qwen2's q/k/v) fails at the first forward pass, whoever wrote the
+    checkpoint. Elsewhere vLLM loads it and computes what dequantize computes."""
+    result = runs.vllm["qwen2_biases_here"]
+    if "CPUFp8BlockScaledMMKernel" in result["kernels"]:
+        assert result["error"] == "RuntimeError: expected scalar type Float but found BFloat16"
+    else:
+        assert result["kernels"] == {"CpuBlockFp8DequantKernel": FUSED_LINEARS}
+        assert runs.error("qwen2_biases_here", against="dq_qwen2_biases") < TOL
 
 
 def test_vllm_refuses_a_split_fused_group(runs: Runs, capsys: pytest.CaptureFixture[str]) -> None:
@@ -186,7 +166,7 @@ def test_vllm_refuses_a_split_fused_group(runs: Runs, capsys: pytest.CaptureFixt
         "ValueError: Detected some but not all shards of model.layers.0.self_attn.qkv_proj "
         "are quantized. All shards of fused layers to have the same precision."
     )
-    assert _verify_vllm(runs.ckpts["split_qkv"], capsys) == "refuses"
+    assert verify_vllm(runs.ckpts["split_qkv"], capsys) == "refuses"
 
 
 @pytest.mark.parametrize(
@@ -198,7 +178,7 @@ def test_vllm_misreads_what_quantize_refuses_for_serving(
     """U8 scale bytes become float32 numbers; e5m2 bytes are read as e4m3: vLLM loads both
     without a word and computes garbage, so quantize refuses them unless --not-for-serving."""
     assert runs.error(case) > 0.5
-    assert _verify_vllm(runs.ckpts[case], capsys) == "misreads"
+    assert verify_vllm(runs.ckpts[case], capsys) == "misreads"
     code, _, stderr = run_cli(["quantize", runs.ckpts["bf16"], tmp_path / "q", *option], capsys)
     assert code == 2 and "vLLM" in stderr and "--not-for-serving" in stderr
 
@@ -215,7 +195,7 @@ def test_vllm_loads_mxfp8_and_computes_what_dequantize_computes(
     # lm_head stays BF16 (vLLM reads the exclusion from ignored_layers)
     assert methods["ModelOptLinearMethod"] == FUSED_LINEARS, methods
     assert methods["UnquantizedLinearMethod"] == 1, methods
-    assert _verify_vllm(runs.ckpts["mxfp8"], capsys) == "loads"
+    assert verify_vllm(runs.ckpts["mxfp8"], capsys) == "loads"
 
 
 def test_vllm_refuses_mxfp8_in_sglangs_form(runs: Runs, capsys: pytest.CaptureFixture[str]) -> None:
@@ -227,4 +207,4 @@ def test_vllm_refuses_mxfp8_in_sglangs_form(runs: Runs, capsys: pytest.CaptureFi
         "ValueError: There is no module or parameter named "
         "'layers.0.mlp.down_proj.weight_scale_inv' in LlamaModel."
     )
-    assert _verify_vllm(runs.ckpts["mxfp8_sglang"], capsys) == "refuses"
+    assert verify_vllm(runs.ckpts["mxfp8_sglang"], capsys) == "refuses"

@@ -148,14 +148,17 @@ def ensure_venv() -> Path:
 
 
 def run_vllm(
-    models: dict[str, tuple[Path, str]], prompts: list[list[int]], **options: Any
+    models: dict[str, tuple[Path, str] | tuple[Path, str, dict[str, Any]]],
+    prompts: list[list[int]],
+    **options: Any,
 ) -> dict[str, dict[str, Any]]:
-    """Load each of ``models`` (name -> (checkpoint directory, vLLM dtype)) with vLLM (CPU), one after the
-    other in one ``vllm_runner.py`` process in the vLLM venv: per name, its JSON verdict (``ok``,
-    prompt logprobs, greedy tokens, linear methods; or the loader's error word for word)."""
+    """Load each of ``models`` (name -> (checkpoint directory, vLLM dtype[, options: see
+    vllm_runner.py])) with vLLM (CPU), one after the other in one ``vllm_runner.py`` process in the
+    vLLM venv: per name, its JSON verdict (``ok``, prompt logprobs, greedy tokens, linear
+    methods; or the loader's error word for word)."""
     venv = ensure_venv()
     request = {
-        "models": {k: [str(path), dtype] for k, (path, dtype) in models.items()},
+        "models": {k: [str(path), *rest] for k, (path, *rest) in models.items()},
         "prompts": prompts,
         **options,
     }

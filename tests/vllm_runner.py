@@ -4,17 +4,23 @@ load checkpoint directories one after the other with vLLM's offline ``vllm.LLM``
 
     python vllm_runner.py REQUEST_JSON
 
-REQUEST_JSON: ``{"models": {NAME: [DIR, DTYPE], ...}, "prompts": [[token ids], ...],
-"max_tokens": N, "logprobs": K}`` (DTYPE: vLLM's ``dtype``, ``bfloat16`` or ``float32``;
+REQUEST_JSON: ``{"models": {NAME: [DIR, DTYPE] or [DIR, DTYPE, OPTIONS], ...}, "prompts":
+[[token ids], ...], "max_tokens": N, "logprobs": K}`` (DTYPE: vLLM's ``dtype``, ``bfloat16`` or
+``float32``; OPTIONS: ``{"attention": vLLM's attention backend, e.g. "CPU_MLA" (else vLLM
+chooses), "amx": false (vLLM sees a CPU without AMX tiles while it loads this model)}``;
 ``logprobs`` optional: with it each result also has ``greedy_logprobs``, per prompt and
 generated token the K largest logprobs, largest first).
-Before loading, two CPU kernels are registered where vLLM 0.32 has none (see the two
-``register_*`` functions; the ``kernels`` field of each result names the kernel used). Output: ``{NAME: result, ...}``, each result
+Before loading, three CPU kernels are registered where vLLM 0.32 has none (see the three
+``register_*`` functions; the ``kernels`` and ``moe_experts`` fields of each result name the
+linear kernels and MoE experts used, ``attention`` the attention implementation).
+Output: ``{NAME: result, ...}``, each result
 ``{"ok": true, "load_s", "run_s", "prompt_logprobs": [[logprob of token i given the tokens
 before it, for i >= 1], ...], "greedy": [[token ids], ...], "linear_methods": {class: count},
-"kernels": {...}}`` or ``{"ok": false, "error": "<exception type>: <message>"}`` (the exit
+"kernels": {...}}`` or ``{"ok": false, "error": "<exception type>: <message>"}`` (with the
+``linear_methods``, ``kernels``, ... fields when the model loaded and then failed; the exit
 status is 0 either way: a loader's refusal is data for the tests). One process for all models:
-importing vLLM costs more than loading a tiny model."""
+importing vLLM costs more than loading a tiny model. ``UE8M0_VLLM_NO_AMX=1`` makes ``"amx":
+false`` the default: on an AMX machine, it runs what CI machines without AMX run."""
 
 from __future__ import annotations
 
@@ -97,11 +103,94 @@ def register_cpu_block_fp8_fallback() -> None:
         kernels.append(CpuBlockFp8DequantKernel)
 
 
+def register_cpu_block_fp8_moe_fallback() -> None:
+    """vLLM 0.32's CPU FP8 MoE experts (``CPUExpertsFp8``, ``CPUExpertsFp8W8A8``) need AMX
+    too; on other CPUs ``select_fp8_moe_backend`` finds none and returns its ``NONE`` backend,
+    and loading fails with "Unsupported FP8 MoE backend: NONE". Offer, LAST and on CPU only,
+    vLLM's own ``EMULATION`` backend (its ``Fp8MoeBackend`` comment: dequantize-to-BF16
+    emulation, weights passed through unchanged at load) with our experts class: a subclass
+    of ``CPUExpertsFp8`` that runs on any CPU and, given the ``w13``/``w2`` and per-block
+    float32 scales that vLLM's ``Fp8MoEMethod`` loaded, computes each routed expert as
+    ``fp8 * scale`` per block in BF16 (``silu(gate) * up``, then ``down``), weighted by the
+    router weights vLLM's own router chose, what ``CPUExpertsFp8`` computes with AMX
+    (W8A16). Routing, the shared experts and the weight loader stay vLLM's."""
+    import torch
+    from vllm.model_executor.layers.fused_moe.experts.cpu_moe import CPUExpertsFp8
+    from vllm.model_executor.layers.fused_moe.oracle import fp8 as oracle
+    from vllm.platforms import current_platform
+
+    if getattr(oracle, "_ue8m0_cpu_moe_fallback", False):
+        return
+
+    def dequant(weight: torch.Tensor, scale: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+        full = scale.float().repeat_interleave(rows, 1).repeat_interleave(cols, 2)
+        return (weight.float() * full[:, : weight.shape[1], : weight.shape[2]]).to(torch.bfloat16)
+
+    class CpuBlockFp8MoeDequantExperts(CPUExpertsFp8):  # type: ignore[misc]
+        @staticmethod
+        def _supports_current_device() -> bool:
+            return bool(current_platform.is_cpu())
+
+        def apply(
+            self,
+            output: torch.Tensor,
+            hidden_states: torch.Tensor,
+            w1: torch.Tensor,
+            w2: torch.Tensor,
+            topk_weights: torch.Tensor,
+            topk_ids: torch.Tensor,
+            activation: Any,
+            global_num_experts: int,
+            expert_map: Any,
+            *,
+            apply_router_weight_on_input: bool,
+            **unused: Any,  # activation scales, workspaces: W8A16 quantizes no activation
+        ) -> None:
+            if apply_router_weight_on_input or expert_map is not None:
+                raise NotImplementedError("CpuBlockFp8MoeDequantExperts: no EP, no input weights")
+            rows, cols = self.quant_config.block_shape
+            gate_up = dequant(w1, self.w1_scale, rows, cols)
+            down = dequant(w2, self.w2_scale, rows, cols)
+            x = hidden_states.to(torch.bfloat16)
+            out = torch.zeros(x.shape[0], down.shape[1], dtype=torch.float32)
+            for e in topk_ids.unique().tolist():
+                token, slot = (topk_ids == e).nonzero(as_tuple=True)
+                gate, up = (x[token] @ gate_up[e].T).chunk(2, dim=-1)
+                y = (torch.nn.functional.silu(gate) * up) @ down[e].T
+                out.index_add_(0, token, y.float() * topk_weights[token, slot, None].float())
+            output.copy_(out.to(output.dtype))
+
+    priority, kernels = oracle._get_priority_backends, oracle.backend_to_kernel_cls
+    emulation = oracle.Fp8MoeBackend.EMULATION
+
+    def _get_priority_backends(*args: Any, **kwargs: Any) -> list[Any]:
+        backends = list(priority(*args, **kwargs))
+        return [*backends, emulation] if current_platform.is_cpu() else backends
+
+    def backend_to_kernel_cls(backend: Any) -> list[Any]:
+        if backend == emulation and current_platform.is_cpu():
+            return [CpuBlockFp8MoeDequantExperts]
+        return list(kernels(backend))
+
+    oracle._get_priority_backends = _get_priority_backends
+    oracle.backend_to_kernel_cls = backend_to_kernel_cls
+    oracle._ue8m0_cpu_moe_fallback = True
+
+
 def _describe(model: Any) -> dict[str, dict[str, int]]:
-    """Counts of the linear methods and kernels the loaded model's layers use."""
+    """Counts of the linear methods and kernels the loaded model's layers use, of the MoE
+    layers' experts classes (``moe_experts``) and of the attention implementations."""
     methods: Counter[str] = Counter()
     kernels: Counter[str] = Counter()
+    experts: Counter[str] = Counter()
+    attention: Counter[str] = Counter()
     for _, module in model.named_modules():
+        impl = getattr(module, "impl", None)
+        if impl is not None and hasattr(module, "attn_backend"):
+            attention[type(impl).__name__] += 1
+        moe_kernel = getattr(getattr(module, "quant_method", None), "moe_kernel", None)
+        if moe_kernel is not None:
+            experts[type(moe_kernel.fused_experts).__name__] += 1
         method = getattr(module, "quant_method", None)
         if method is None:
             continue
@@ -111,15 +200,16 @@ def _describe(model: Any) -> dict[str, dict[str, int]]:
                 kernel = getattr(holder, attr, None)
                 if kernel is not None:
                     kernels[type(kernel).__name__] += 1
-    return {"linear_methods": dict(methods), "kernels": dict(kernels)}
+    return {
+        "linear_methods": dict(methods),
+        "kernels": dict(kernels),
+        "moe_experts": dict(experts),
+        "attention": dict(attention),
+    }
 
 
-def run_one(model: str, dtype: str, request: dict[str, Any]) -> dict[str, Any]:
-    from vllm import LLM, SamplingParams
-    from vllm.inputs import TokensPrompt
-
-    t0 = time.perf_counter()
-    llm = LLM(
+def _load(llm: Any, model: str, dtype: str, backend: str | None) -> Any:
+    return llm(
         model=model,
         dtype=dtype,
         max_model_len=128,
@@ -127,10 +217,32 @@ def run_one(model: str, dtype: str, request: dict[str, Any]) -> dict[str, Any]:
         seed=0,
         max_num_seqs=4,
         disable_log_stats=True,
+        attention_config={"backend": backend} if backend else None,
     )
+
+
+def run_one(
+    model: str, dtype: str, request: dict[str, Any], options: dict[str, Any], found: dict[str, Any]
+) -> dict[str, Any]:
+    """Load and run one model; what the loaded model uses goes into ``found`` at once (so a
+    failure while it runs still names its kernels)."""
+    import torch
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    backend = options.get("attention")
+    t0 = time.perf_counter()
+    amx = torch.cpu._is_amx_tile_supported
+    if not options.get("amx", os.environ.get("UE8M0_VLLM_NO_AMX") != "1"):
+        torch.cpu._is_amx_tile_supported = lambda: False  # kernels are chosen while loading
+    try:
+        llm = _load(LLM, model, dtype, backend)
+    finally:
+        torch.cpu._is_amx_tile_supported = amx
     try:
         load_s = time.perf_counter() - t0
         info = llm.apply_model(_describe)[0]
+        found.update(info)
         prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in request["prompts"]]
         params = SamplingParams(
             temperature=0.0,
@@ -173,16 +285,18 @@ def run_one(model: str, dtype: str, request: dict[str, Any]) -> dict[str, Any]:
 def run(request: dict[str, Any]) -> dict[str, Any]:
     register_cpu_mxfp8_emulation()
     register_cpu_block_fp8_fallback()
+    register_cpu_block_fp8_moe_fallback()
     from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
     results: dict[str, Any] = {}
-    for name, (model, dtype) in request["models"].items():
+    for name, (model, dtype, *options) in request["models"].items():
         t0 = time.perf_counter()
+        found: dict[str, Any] = {}
         try:
-            results[name] = run_one(model, dtype, request)
+            results[name] = run_one(model, dtype, request, options[0] if options else {}, found)
         except Exception as exc:  # the verdict is data: which loader error, word for word
             traceback.print_exc(file=sys.stderr)
-            results[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            results[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}", **found}
         finally:
             cleanup_dist_env_and_memory()
         results[name]["total_s"] = round(time.perf_counter() - t0, 2)

@@ -222,15 +222,16 @@ def mixed_expert_layers(f: Facts) -> Iterator[Finding]:
     """MoE layers transformers v5 cannot load as one fused-experts module (measured in
     ``tests/test_transformers_fused_experts.py``): it merges ``....experts.<i>.<proj>`` into one
     module, ``FP8Experts`` with one scale tensor per projection, unless the skip list names
-    ``....experts`` itself (a per-expert entry never matches a module)."""
+    ``....experts`` itself (a per-expert entry never matches a module). vLLM builds one
+    ``FusedMoE`` per layer too: skip entries for some experts make it skip the whole layer
+    (its exact match finds ``<layer>.experts`` inside them), and the other experts' scales
+    then have no parameter (measured in ``tests/test_vllm_deepseek.py``)."""
     if f.quant_method not in ("fp8", MXFP8.quant_method):
         return
     qc = (f.ckpt.config or {}).get("quantization_config")
-    skip = (
-        {str(m) for m in (qc.get("modules_to_not_convert") or [])}
-        if isinstance(qc, dict)
-        else set()
-    )
+    listed = qc if isinstance(qc, dict) else {}
+    skip = {str(m) for m in (listed.get("modules_to_not_convert") or [])}  # transformers'
+    vllm_skip = skip | {str(m) for m in (listed.get("ignored_layers") or [])}
     layers: dict[str, dict[str, bool]] = {}
     for name, info in f.ckpt.tensors.items():
         layer = experts_module_of(name, info.shape)
@@ -252,6 +253,13 @@ def mixed_expert_layers(f: Facts) -> Iterator[Finding]:
             "scales than experts ('Fp8Dequantize: weight/scale count mismatch' on CPU)"
         )
         yield Finding("transformers", REFUSES, why, _named(uneven))
+        per_expert = [m for m in uneven if any(e.startswith(m + ".") for e in vllm_skip)]
+        if per_expert:
+            why = (
+                "skip entries for some experts skip the layer's whole FusedMoE: the FP8 "
+                "experts' scales have no parameter (KeyError ...w2_weight_scale_inv)"
+            )
+            yield Finding("vllm", REFUSES, why, _named(per_expert))
     if misread:
         why = (
             "an MoE layer's experts are one module, FP8Experts on a GPU unless the skip list "
