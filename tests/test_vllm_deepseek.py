@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from ckpt_fixtures import cli_ok
+from ckpt_fixtures import cli_ok, run_cli
 from ckpt_models import VOCAB, tiny_deepseek_v3
 from vllm_checks import Runs, verify_vllm
 from vllm_env import run_vllm
@@ -263,3 +263,24 @@ def test_vllm_refuses_one_bf16_expert_beside_fp8_ones(
     assert not result["ok"]
     assert result["error"] == "KeyError: 'layers.1.mlp.experts.routed_experts.w2_weight_scale_inv'"
     assert verify_vllm(runs.ckpts["split_experts"], capsys) == "refuses"
+
+
+def test_transformers_on_cpu_refuses_the_partial_kv_a_grid(
+    runs: Runs, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """transformers 5.24 on CPU dequantizes at load and infers the block from the scale grid:
+    576 rows over 5 scale rows do not divide, so it refuses the layout DeepSeek's own
+    checkpoints have (and vLLM loads), naming the shapes; verify says so."""
+    import torch
+    import transformers
+
+    with pytest.raises(RuntimeError, match="automatic conversion of the weights"):
+        transformers.AutoModelForCausalLM.from_pretrained(
+            runs.ckpts["default"], dtype=torch.bfloat16
+        )
+    assert "Weight shape (576, 256) not divisible by scale grid (5, 2)." in caplog.text
+    capsys.readouterr()
+    _, out, _ = run_cli(
+        ["verify", runs.ckpts["default"], "--json", "--engine", "transformers"], capsys
+    )
+    assert json.loads(out)["engines"]["transformers"]["verdict"] == "refuses"
