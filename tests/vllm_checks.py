@@ -4,7 +4,7 @@ logprob comparison with transformers, and what ``ue8m0 verify --engine vllm`` pr
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +23,19 @@ class Runs:
     ckpts: dict[str, Path]
     prompts: list[list[int]]
     vllm: dict[str, dict[str, Any]]
+    #: transformers' prompt logprobs per checkpoint name, computed once
+    reference: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     def error(self, case: str, against: str | None = None) -> float:
         """The largest |vLLM - transformers| prompt logprob of ``case``, transformers run on
         ``against`` (default: the case's dequantized twin)."""
         result = self.vllm[case]
         assert result["ok"], result.get("error")
-        path = self.ckpts[against or "dq_" + case]
-        ref = prompt_logprobs(path, self.prompts)
-        err = float(np.abs(np.array(result["prompt_logprobs"]) - ref).max())
+        name = against or "dq_" + case
+        path = self.ckpts[name]
+        if name not in self.reference:
+            self.reference[name] = prompt_logprobs(path, self.prompts)
+        err = float(np.abs(np.array(result["prompt_logprobs"]) - self.reference[name]).max())
         print(f"{case}: max |vLLM - transformers({path.name})| logprob {err:.5f}")
         return err
 

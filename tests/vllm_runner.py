@@ -115,6 +115,7 @@ def register_cpu_block_fp8_moe_fallback() -> None:
     router weights vLLM's own router chose, what ``CPUExpertsFp8`` computes with AMX
     (W8A16). Routing, the shared experts and the weight loader stay vLLM's."""
     import torch
+    from vllm.model_executor.layers.fused_moe.activation import MoEActivation
     from vllm.model_executor.layers.fused_moe.experts.cpu_moe import CPUExpertsFp8
     from vllm.model_executor.layers.fused_moe.oracle import fp8 as oracle
     from vllm.platforms import current_platform
@@ -130,6 +131,10 @@ def register_cpu_block_fp8_moe_fallback() -> None:
         @staticmethod
         def _supports_current_device() -> bool:
             return bool(current_platform.is_cpu())
+
+        @staticmethod
+        def _supports_activation(activation: Any) -> bool:
+            return bool(activation == MoEActivation.SILU)  # what apply computes
 
         def apply(
             self,
@@ -208,19 +213,6 @@ def _describe(model: Any) -> dict[str, dict[str, int]]:
     }
 
 
-def _load(llm: Any, model: str, dtype: str, backend: str | None) -> Any:
-    return llm(
-        model=model,
-        dtype=dtype,
-        max_model_len=128,
-        enforce_eager=True,
-        seed=0,
-        max_num_seqs=4,
-        disable_log_stats=True,
-        attention_config={"backend": backend} if backend else None,
-    )
-
-
 def run_one(
     model: str, dtype: str, request: dict[str, Any], options: dict[str, Any], found: dict[str, Any]
 ) -> dict[str, Any]:
@@ -236,7 +228,16 @@ def run_one(
     if not options.get("amx", os.environ.get("UE8M0_VLLM_NO_AMX") != "1"):
         torch.cpu._is_amx_tile_supported = lambda: False  # kernels are chosen while loading
     try:
-        llm = _load(LLM, model, dtype, backend)
+        llm = LLM(
+            model=model,
+            dtype=dtype,
+            max_model_len=128,
+            enforce_eager=True,
+            seed=0,
+            max_num_seqs=4,
+            disable_log_stats=True,
+            attention_config={"backend": backend} if backend else None,
+        )
     finally:
         torch.cpu._is_amx_tile_supported = amx
     try:
