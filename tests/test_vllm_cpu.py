@@ -11,7 +11,6 @@ dequantize-then-BF16-matmul kernel after vLLM's own ones; each result names the 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import pytest
 
 from ckpt_fixtures import cli_ok, run_cli
 from ckpt_models import FUSED_LINEARS, VOCAB, tiny_causal_lm
-from vllm_checks import Runs, verify_vllm
+from vllm_checks import Runs, split_modules, verify_vllm
 from vllm_env import run_vllm
 
 #: vLLM's prompt logprobs vs transformers' on the dequantized checkpoint
@@ -46,37 +45,6 @@ QUANTIZED: dict[str, tuple[str, list[str]]] = {
 }
 
 
-def _split_qkv(src: Path, fp8: Path, dst: Path) -> Path:
-    """``fp8`` (the default output) with layer 0's k and v put back in BF16 and listed as kept:
-    what a converter that decides per tensor writes for a 64-wide k/v."""
-    from safetensors.torch import load_file, save_file
-
-    tensors = load_file(str(fp8 / "model.safetensors"))
-    source = load_file(str(src / "model.safetensors"))
-    config = json.loads((fp8 / "config.json").read_text())
-    qc = config["quantization_config"]
-    for proj in ("k_proj", "v_proj"):
-        module = f"model.layers.0.self_attn.{proj}"
-        tensors[module + ".weight"] = source[module + ".weight"]
-        del tensors[module + ".weight_scale_inv"]
-        qc["modules_to_not_convert"].append(module)
-        qc["ignored_layers"].append(module)
-    return _save_copy(fp8, dst, tensors, config, save_file)
-
-
-def _save_copy(
-    src: Path, dst: Path, tensors: dict[str, Any], config: dict[str, Any], save_file: Any
-) -> Path:
-    dst.mkdir()
-    for f in src.iterdir():
-        if f.is_file() and not f.name.startswith(".") and f.suffix != ".safetensors":
-            (dst / f.name).write_bytes(f.read_bytes())
-    (dst / "model.safetensors.index.json").unlink(missing_ok=True)
-    save_file(tensors, str(dst / "model.safetensors"), metadata={"format": "pt"})
-    (dst / "config.json").write_text(json.dumps(config))
-    return dst
-
-
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Every checkpoint vLLM loads (name -> directory), and ``dq_<name>``: its dequantized
@@ -93,7 +61,9 @@ def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         cli_ok("quantize", sources[source], out[name], "-q", *options)
         out["dq_" + name] = root / f"dq_{name}"
         cli_ok("dequantize", out[name], out["dq_" + name], "-q")
-    out["split_qkv"] = _split_qkv(sources["llama"], out["default"], root / "split_qkv")
+    # layer 0's k and v back in BF16 beside an FP8 q (what ue8m0 wrote for a 64-wide k/v)
+    kv = [f"model.layers.0.self_attn.{p}" for p in ("k_proj", "v_proj")]
+    out["split_qkv"] = split_modules(sources["llama"], out["default"], root / "split_qkv", kv)
     return out
 
 

@@ -36,7 +36,7 @@ from safetensors import safe_open
 
 from ckpt_fixtures import cli_ok, run_cli
 from ckpt_models import VOCAB, tiny_deepseek_v3
-from vllm_checks import Runs, verify_vllm
+from vllm_checks import Runs, split_modules, verify_vllm, write_like
 from vllm_env import run_vllm
 
 #: vLLM's prompt logprobs vs transformers' on the dequantized checkpoint. On this model the two
@@ -74,35 +74,6 @@ FP8_EXPERTS = ("CPUExpertsFp8", "CpuBlockFp8MoeDequantExperts")
 BF16_EXPERTS = ("X86CPUUnquantizedExperts", "CPUUnquantizedExperts")
 
 
-def _split(src: Path, fp8: Path, dst: Path, modules: list[str]) -> Path:
-    """``fp8`` with ``modules`` back in BF16 (from ``src``), listed in both skip lists."""
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(fp8 / "model.safetensors"))
-    source = load_file(str(src / "model.safetensors"))
-    config = json.loads((fp8 / "config.json").read_text())
-    for module in modules:
-        tensors[module + ".weight"] = source[module + ".weight"]
-        del tensors[module + ".weight_scale_inv"]
-        for key in ("modules_to_not_convert", "ignored_layers"):
-            config["quantization_config"][key].append(module)
-    return _write_like(fp8, dst, tensors, config)
-
-
-def _write_like(model: Path, dst: Path, tensors: dict[str, Any], config: dict[str, Any]) -> Path:
-    """A checkpoint directory with ``model``'s other files, ``tensors`` and ``config``."""
-    from safetensors.torch import save_file
-
-    dst.mkdir()
-    for f in model.iterdir():
-        if f.is_file() and f.name != "model.safetensors" and not f.name.startswith("."):
-            (dst / f.name).write_bytes(f.read_bytes())
-    (dst / "model.safetensors.index.json").unlink(missing_ok=True)
-    save_file(tensors, str(dst / "model.safetensors"), metadata={"format": "pt"})
-    (dst / "config.json").write_text(json.dumps(config))
-    return dst
-
-
 def _amx_kv_b(fp8: Path, dequantized: Path, dst: Path) -> Path:
     """``dequantized`` with each ``kv_b_proj`` as vLLM's AMX MLA computes with it: the FP8
     weight times its block scales in float32, re-quantized to e4m3 with one scale per tensor
@@ -122,7 +93,7 @@ def _amx_kv_b(fp8: Path, dequantized: Path, dst: Path) -> Path:
         requant = (x * (448.0 / amax)).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
         tensors[name] = (requant.float() * (amax / 448.0)).to(torch.bfloat16)
     config = json.loads((dequantized / "config.json").read_text())
-    return _write_like(dequantized, dst, tensors, config)
+    return write_like(dequantized, dst, tensors, config)
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +106,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
         ckpts["dq_" + name] = root / f"dq_{name}"
         cli_ok("dequantize", ckpts[name], ckpts["dq_" + name], "-q")
     for name, modules in SPLIT.items():
-        ckpts[name] = _split(ckpts["bf16"], ckpts["default"], root / name, modules)
+        ckpts[name] = split_modules(ckpts["bf16"], ckpts["default"], root / name, modules)
     ckpts["amx_default"] = _amx_kv_b(ckpts["default"], ckpts["dq_default"], root / "amx_default")
     # vLLM also loads the default output's BF16 twin (FP8 vs BF16 in one engine) and the
     # default output with the MLA implementation vLLM picks on this CPU ("auto_default")

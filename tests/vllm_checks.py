@@ -1,5 +1,6 @@
 """What the vLLM tests share: vLLM's verdicts beside the checkpoints they were run on, the
-logprob comparison with transformers, and what ``ue8m0 verify --engine vllm`` predicts."""
+logprob comparison with transformers, what ``ue8m0 verify --engine vllm`` predicts, and
+hand-made checkpoints (modules of an FP8 output put back in BF16)."""
 
 from __future__ import annotations
 
@@ -45,3 +46,34 @@ def verify_vllm(path: Path, capsys: pytest.CaptureFixture[str]) -> str:
     capsys.readouterr()  # what the test printed so far is not verify's output
     _, out, _ = run_cli(["verify", path, "--json", "--engine", "vllm"], capsys)
     return str(json.loads(out)["engines"]["vllm"]["verdict"])
+
+
+def write_like(model: Path, dst: Path, tensors: dict[str, Any], config: dict[str, Any]) -> Path:
+    """A checkpoint directory with ``model``'s other files (tokenizer, generation config),
+    ``tensors`` in one ``model.safetensors`` and ``config``."""
+    from safetensors.torch import save_file
+
+    dst.mkdir()
+    for f in model.iterdir():
+        if f.is_file() and not f.name.startswith(".") and f.suffix != ".safetensors":
+            (dst / f.name).write_bytes(f.read_bytes())
+    (dst / "model.safetensors.index.json").unlink(missing_ok=True)
+    save_file(tensors, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    (dst / "config.json").write_text(json.dumps(config))
+    return dst
+
+
+def split_modules(src: Path, fp8: Path, dst: Path, modules: list[str]) -> Path:
+    """``fp8`` (an output of ``src``) with ``modules`` back in BF16 from ``src`` and listed
+    in both skip lists: what a converter that decides per tensor writes."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(fp8 / "model.safetensors"))
+    source = load_file(str(src / "model.safetensors"))
+    config = json.loads((fp8 / "config.json").read_text())
+    for module in modules:
+        tensors[module + ".weight"] = source[module + ".weight"]
+        del tensors[module + ".weight_scale_inv"]
+        for key in ("modules_to_not_convert", "ignored_layers"):
+            config["quantization_config"][key].append(module)
+    return write_like(fp8, dst, tensors, config)
